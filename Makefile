@@ -1,0 +1,42 @@
+# prodcat — the two first commands:  `make run`  (set up + main job on the embedded sample)  and  `make test`.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+DVC_VENV := .venv-dvc
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup run test test-slow ui dvc-repro clean-work
+
+$(BIN)/.installed: pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch/torchvision come from this machine's local wheel store; the lock pins every other package
+	$(BIN)/pip install -q -c requirements.lock -e '.[test]'
+	mkdir -p $(DAGSTER_HOME) && cp -n orchestration/dagster.yaml $(DAGSTER_HOME)/dagster.yaml || true
+	touch $@
+
+$(DVC_VENV)/.installed:
+	test -x $(DVC_VENV)/bin/python || $(PY) -m venv $(DVC_VENV)
+	# DVC in its own venv: its hydra pins antlr 4.9, Dagster's selection parser needs 4.13 (dagster#27487)
+	$(DVC_VENV)/bin/pip install -q dvc
+	touch $@
+
+setup: $(BIN)/.installed
+
+run: setup
+	$(BIN)/prodcat run
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+ui: setup
+	$(BIN)/dagster dev -m orchestration.definitions -h 127.0.0.1 -p 3000 & \
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns.db -h 127.0.0.1 -p 5000
+
+dvc-repro: setup $(DVC_VENV)/.installed
+	PATH=$(CURDIR)/$(BIN):$$PATH $(DVC_VENV)/bin/dvc repro

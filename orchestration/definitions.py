@@ -1,0 +1,25 @@
+"""Dagster code location for prodcat: `dagster dev -m orchestration.definitions`."""
+from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
+
+from orchestration import checks
+from orchestration.assets import catalogue
+from orchestration.io import ParquetIOManager
+from orchestration.resources import ProdcatPaths
+
+ASSET_MODULES = [catalogue]
+
+
+def build_definitions(data_root: str = "", work_dir: str = "") -> Definitions:
+    """Definitions with explicit paths (tests point these at temp dirs); defaults follow PRODCAT_DATA/PRODCAT_WORK."""
+    assets = load_assets_from_modules(ASSET_MODULES)
+    return Definitions(
+        assets=assets,
+        asset_checks=load_asset_checks_from_modules([checks]),
+        resources={
+            "paths": ProdcatPaths(data_root=data_root, work_dir=work_dir),
+            "io_manager": ParquetIOManager(base_dir=f"{work_dir}/assets" if work_dir else ""),
+        },
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,5 @@
+from dagster import StaticPartitionsDefinition
+
+from pipelines.config import PLATFORMS
+
+platform_partitions = StaticPartitionsDefinition(PLATFORMS)

@@ -1,0 +1,117 @@
+"""Adapters + normalisation on the real sample and on deliberately broken copies of it."""
+import csv
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipelines.catalogue import read_products
+from pipelines.config import PLATFORMS, SAMPLE_DIR
+from pipelines.normalize import normalize_platform
+from pipelines.platforms import BadExport
+from pipelines.taxonomy import load_taxonomy
+
+
+def count_records(path: Path) -> int:
+    with path.open(newline="", encoding="utf-8", errors="replace") as f:
+        return sum(1 for _ in csv.reader(f)) - 1
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_sample_counts_add_up_and_paths_are_valid(platform):
+    from pipelines.platforms import get_adapter
+
+    result = normalize_platform(platform, SAMPLE_DIR / platform)
+    cov = result.coverage
+    rows_in = count_records(SAMPLE_DIR / platform / get_adapter(platform).EXPORT_FILE)
+    assert cov["rows_in"] == rows_in
+    assert len(result.products) + len(result.quarantine) == rows_in
+    assert result.quarantine["reason"].str.len().gt(0).all()
+    tax = load_taxonomy()
+    assert result.products["category_path"].map(tax.is_valid_path).all()
+    assert result.products.groupby("product_id").size().max() == 1
+    assert cov["fashion_mapped_share"] >= 0.95
+    # a group never straddles two splits
+    assert result.products.groupby("group_id")["split"].nunique().max() == 1
+    assert set(result.products["split"]) == {"train", "val", "test"}
+
+
+def test_hm_ids_keep_leading_zero_and_images_resolve():
+    products = normalize_platform("hm", SAMPLE_DIR / "hm").products
+    assert products["product_id"].str.startswith("0").all()
+    assert (products["image_status"] == "ok").mean() > 0.99
+    assert products["image_path"].dropna().map(lambda p: Path(p).is_file()).all()
+
+
+def test_flipkart_tree_parsed_and_out_of_scope_quarantined_with_reason():
+    result = normalize_platform("flipkart", SAMPLE_DIR / "flipkart")
+    assert result.products["image_path"].isna().all()
+    assert result.products["native_path"].map(len).min() >= 2
+    out_of_scope = result.quarantine[result.quarantine["reason"].str.startswith("unmapped: out of scope")]
+    assert len(out_of_scope) > 100  # ~40% of Flipkart is not fashion at all
+    assert result.coverage["unmapped_by_reason"]
+
+
+@pytest.fixture
+def broken_myntra(tmp_path):
+    src = SAMPLE_DIR / "myntra"
+    dst = tmp_path / "myntra"
+    shutil.copytree(src, dst)
+    lines = (src / "styles.csv").read_bytes().splitlines(keepends=True)
+    header, rows = lines[0], lines[1:41]
+    first_id = rows[0].split(b",")[0]
+    bad = [
+        b"99000001,Men,Apparel,Topwear,Tshirts,Blue,Summer,2012,Casual,Extra,Field,Here\n",  # malformed
+        b"99000002,Men,Apparel,Topwear,Tshirts,Blue,Summer,2012,Casual,Caf\xe9 Shirt \xff\n",  # not UTF-8
+        b"99000003,Men,Apparel,Topwear,Tshirts,Blue,Summer,2012,Casual,\n",  # empty title
+        first_id + b",Men,Apparel,Topwear,Tshirts,Blue,Summer,2012,Casual,Duplicate Of First\n",  # duplicate id
+        b"99000005,Men,Spaceware,Rockets,Jetpacks,Blue,Summer,2012,Casual,Acme Jetpack\n",  # unknown category
+        b"99000006,Men,Apparel,Topwear,Tshirts,Blue,Summer,2012,Casual,Truncated Image Tee\n",
+        b"99000007,Men,Apparel,Topwear,Tshirts,Blue,Summer,2012,Casual,No Image Tee\n",
+    ]
+    (dst / "styles.csv").write_bytes(header + b"".join(rows) + b"".join(bad))
+    good_jpeg = next((dst / "images").glob("*.jpg")).read_bytes()
+    (dst / "images" / "99000006.jpg").write_bytes(good_jpeg[: len(good_jpeg) // 2])  # truncated
+    return dst
+
+
+def test_bad_rows_are_quarantined_with_reasons(broken_myntra):
+    result = normalize_platform("myntra", broken_myntra)
+    q = result.quarantine.set_index("line")["reason"]
+    reasons = " | ".join(q)
+    assert "malformed row" in reasons
+    assert "non-UTF-8" in reasons
+    assert "empty title" in reasons
+    assert "duplicate id" in reasons
+    assert "unknown native category: Men > Spaceware > Rockets > Jetpacks" in reasons
+    assert result.coverage["rows_in"] == 47 == len(result.products) + len(result.quarantine)
+    by_id = result.products.set_index("product_id")
+    assert by_id.loc["99000006", "image_status"].startswith("corrupt")
+    assert by_id.loc["99000006", "image_path"] is None
+    assert by_id.loc["99000007", "image_status"] == "missing"
+
+
+def test_missing_columns_named_in_error(tmp_path):
+    d = tmp_path / "hm"
+    d.mkdir()
+    (d / "articles.csv").write_text("article_id,prod_name\n0100,Tee\n")
+    with pytest.raises(BadExport, match="product_code"):
+        normalize_platform("hm", d)
+
+
+def test_cli_normalize_writes_outputs_and_reports_errors_cleanly(tmp_path):
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "pipelines.cli", "normalize", "--platform", "hm",
+                          "--input", str(SAMPLE_DIR / "hm"), "--out", str(out)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    products = read_products(out / "products.parquet")
+    quarantine = pd.read_parquet(out / "quarantine.parquet")
+    assert "reason" in quarantine.columns and len(products) > 500
+    assert isinstance(products["category_path"].iloc[0], list)
+    bad = subprocess.run([sys.executable, "-m", "pipelines.cli", "normalize", "--platform", "hm",
+                          "--input", str(tmp_path / "nowhere"), "--out", str(out)], capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert "does not exist" in bad.stderr and "Traceback" not in bad.stderr
