@@ -22,8 +22,9 @@ def _definitions_parts(defs):
 
 def run_stage(defs, selection, instance, partition_key=None):
     assets, resources = _definitions_parts(defs)
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     result = materialize(assets, selection=selection, instance=instance, resources=resources,
-                         partition_key=partition_key, raise_on_error=False)
+                         partition_key=partition_key, raise_on_error=False, run_config=quiet)
     if not result.success:
         failed = [e.message for e in result.all_events if e.is_failure]
         raise RuntimeError(f"stage {selection} [{partition_key or '-'}] failed: {failed[-3:]}")
@@ -54,7 +55,7 @@ def run_main(defs=None, instance=None, log=print) -> dict:
                 m = mat.materialization
                 name = m.asset_key.to_user_string() + (f"[{m.partition}]" if m.partition else "")
                 summary[name] = {k: v.value for k, v in m.metadata.items() if isinstance(v.value, (int, float, str))
-                                 and k != "path"}
+                                 and k != "path" and "\n" not in str(v.value)}
                 log(f"materialised {name}: " + ", ".join(f"{k}={v}" for k, v in summary[name].items()))
             for check in result.get_asset_check_evaluations():
                 log(f"  check {check.check_name}[{key or '-'}]: {'passed' if check.passed else 'FAILED'}")

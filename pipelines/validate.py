@@ -5,6 +5,7 @@ Run as a blocking Dagster asset check; also callable directly (`validate_product
 from __future__ import annotations
 
 import logging
+import os
 
 import pandas as pd
 
@@ -52,8 +53,12 @@ def validate_products(products: pd.DataFrame, taxonomy: Taxonomy, platform: str)
     """Returns {'success': bool, 'results': [{expectation, column, success, observed}], 'statistics': ...}."""
     import great_expectations as gx
 
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # no network here, and none wanted
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
     context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
     source = context.data_sources.add_pandas(f"prodcat_{platform}")
     batch_def = source.add_dataframe_asset("products").add_batch_definition_whole_dataframe("all")
     batch = batch_def.get_batch(batch_parameters={"dataframe": _frame_for_checks(products)})
@@ -62,6 +67,7 @@ def validate_products(products: pd.DataFrame, taxonomy: Taxonomy, platform: str)
     for r in result.results:
         cfg = r.expectation_config
         observed = r.result.get("observed_value", r.result.get("unexpected_count"))
+        observed = float(observed) if hasattr(observed, "item") else observed
         rows.append({"expectation": cfg.type, "column": cfg.kwargs.get("column", ""), "success": bool(r.success),
                      "observed": observed if isinstance(observed, (int, float, str, type(None))) else str(observed),
                      "unexpected_examples": [str(x) for x in (r.result.get("partial_unexpected_list") or [])[:5]]})
