@@ -2,11 +2,12 @@
 from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
 
 from orchestration import checks
-from orchestration.assets import catalogue
+from orchestration.assets import catalogue, embeddings
+from orchestration.assets.embeddings import EncoderChoice
 from orchestration.io import ParquetIOManager
 from orchestration.resources import ProdcatPaths
 
-ASSET_MODULES = [catalogue]
+ASSET_MODULES = [catalogue, embeddings]
 
 
 def build_definitions(data_root: str = "", work_dir: str = "") -> Definitions:
@@ -17,6 +18,7 @@ def build_definitions(data_root: str = "", work_dir: str = "") -> Definitions:
         asset_checks=load_asset_checks_from_modules([checks]),
         resources={
             "paths": ProdcatPaths(data_root=data_root, work_dir=work_dir),
+            "encoders": EncoderChoice(),
             "io_manager": ParquetIOManager(base_dir=f"{work_dir}/assets" if work_dir else ""),
         },
     )

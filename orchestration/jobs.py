@@ -35,10 +35,13 @@ def main_job_stages():
     """(selection, partition keys) in dependency order; later issues append their stages here."""
     from orchestration.partitions import platform_partitions
 
-    by_platform = AssetSelection.assets("normalized_products")
+    platforms = platform_partitions.get_partition_keys()
     return [
-        (by_platform, platform_partitions.get_partition_keys()),
+        (AssetSelection.assets("normalized_products"), platforms),
         (AssetSelection.assets("catalogue", "splits"), [None]),
+        (AssetSelection.assets("text_embeddings", "image_embeddings"), platforms),
+        (AssetSelection.assets("joint_space"), [None]),
+        (AssetSelection.assets("joint_embeddings"), platforms),
     ]
 
 

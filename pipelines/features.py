@@ -45,6 +45,7 @@ def assemble(catalogue: pd.DataFrame, manifests: dict[str, dict[str, pd.DataFram
         rows = index.reindex(catalogue["uid"]).to_numpy()
         present = ~np.isnan(rows)
         rows = np.where(present, rows, 0).astype(int)
-        features[modality] = np.where(present[:, None], matrix[rows], 0).astype(np.float32)
         available[modality] = present & ok[rows]
+        # unavailable rows are zero-filled *and* masked: models must read `available`, never these zeros
+        features[modality] = np.where(available[modality][:, None], matrix[rows], 0).astype(np.float32)
     return features, available

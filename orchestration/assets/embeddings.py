@@ -1,0 +1,103 @@
+"""Cached embeddings per platform (text, image, joint) and the catalogue-aligned joint space."""
+import hashlib
+
+import numpy as np
+import pandas as pd
+from dagster import (AssetExecutionContext, AssetIn, ConfigurableResource, DataVersion, MetadataValue, Output,
+                     asset)
+
+from orchestration.partitions import platform_partitions
+from orchestration.resources import ProdcatPaths
+from pipelines.features import load_matrix, save_matrix
+
+
+class EncoderChoice(ConfigurableResource):
+    """Which encoders embed the catalogue (names in models/configs/encoders.yaml)."""
+
+    text: str = "minilm"
+    image: str = "efficientnet-lite0"
+
+
+def _embedding_output(context, paths, modality, platform, manifest, matrix):
+    _, matrix_hash = save_matrix(paths.work(), modality, platform, matrix)
+    version = hashlib.sha256((matrix_hash + "|".join(manifest["uid"])).encode()).hexdigest()[:16]
+    errors = manifest.loc[~manifest["ok"], "error"].value_counts().head(5).to_dict()
+    return Output(manifest, data_version=DataVersion(version), metadata={
+        "rows": len(manifest), "ok": int(manifest["ok"].sum()), "encoder": manifest.attrs.get("encoder", ""),
+        "computed": manifest.attrs.get("n_computed", 0), "cached": manifest.attrs.get("n_cached", 0),
+        "seconds": manifest.attrs.get("seconds", 0.0), "failures": MetadataValue.json(errors),
+    })
+
+
+def _embed(context, paths, encoders, modality, products):
+    from pipelines.embed_store import embed_products
+
+    spec = encoders.text if modality == "text" else encoders.image
+    manifest, matrix = embed_products(products, modality, spec, paths.work("store"))
+    return _embedding_output(context, paths, modality, context.partition_key, manifest, matrix)
+
+
+@asset(partitions_def=platform_partitions, group_name="embeddings", code_version="1",
+       ins={"products": AssetIn("normalized_products")},
+       description="Text embeddings (title . description) per platform, from the content-addressed store.")
+def text_embeddings(context: AssetExecutionContext, paths: ProdcatPaths, encoders: EncoderChoice,
+                    products: pd.DataFrame):
+    return _embed(context, paths, encoders, "text", products)
+
+
+@asset(partitions_def=platform_partitions, group_name="embeddings", code_version="1",
+       ins={"products": AssetIn("normalized_products")},
+       description="Image embeddings per platform; products without a decodable image are marked, not zero-filled.")
+def image_embeddings(context: AssetExecutionContext, paths: ProdcatPaths, encoders: EncoderChoice,
+                     products: pd.DataFrame):
+    return _embed(context, paths, encoders, "image", products)
+
+
+def _stack(manifests: dict, modality: str, work) -> tuple[pd.DataFrame, np.ndarray]:
+    keys = sorted(manifests)
+    return (pd.concat([manifests[k] for k in keys], ignore_index=True),
+            np.concatenate([load_matrix(work, modality, k) for k in keys]))
+
+
+@asset(group_name="embeddings", code_version="1",
+       ins={"text": AssetIn("text_embeddings"), "image": AssetIn("image_embeddings"), "splits": AssetIn("splits")},
+       description="Projection heads aligning text and image embeddings (symmetric InfoNCE on train pairs).")
+def joint_space(context: AssetExecutionContext, paths: ProdcatPaths, text: dict, image: dict,
+                splits: pd.DataFrame) -> Output[pd.DataFrame]:
+    from models.alignment import retrieval_recall, save_heads, train_alignment
+
+    work = paths.work()
+    t_man, t_mat = _stack(text, "text", work)
+    i_man, i_mat = _stack(image, "image", work)
+    split = splits.set_index("uid")["split"].reindex(t_man["uid"]).to_numpy()
+    pairs = t_man["ok"].to_numpy() & i_man["ok"].to_numpy()
+    heads = train_alignment(np.nan_to_num(t_mat), np.nan_to_num(i_mat), pairs & (split == "train"))
+    out = save_heads(heads, paths.work("joint_space"))
+    val = np.flatnonzero(pairs & (split == "val"))[:2000]
+    recall = retrieval_recall(heads, t_mat[val], i_mat[val]) if len(val) > 1 else {}
+    digest = hashlib.sha256((out / "alignment.safetensors").read_bytes()).hexdigest()[:16]
+    summary = pd.DataFrame([{"train_pairs": int((pairs & (split == "train")).sum()), "final_loss": heads.final_loss,
+                             **recall}])
+    return Output(summary, data_version=DataVersion(digest), metadata={
+        "train_pairs": int(summary["train_pairs"][0]), "final_loss": round(heads.final_loss, 4),
+        **{k: round(v, 4) for k, v in recall.items() if isinstance(v, float)}, "path": str(out)})
+
+
+@asset(partitions_def=platform_partitions, group_name="embeddings", code_version="1",
+       ins={"text": AssetIn("text_embeddings"), "image": AssetIn("image_embeddings"),
+            "space": AssetIn("joint_space")},
+       description="Joint image-text vectors per platform (text-only products get their text projection).")
+def joint_embeddings(context: AssetExecutionContext, paths: ProdcatPaths, text: pd.DataFrame, image: pd.DataFrame,
+                     space: pd.DataFrame):
+    from models.alignment import joint_embed, load_heads
+
+    platform, work = context.partition_key, paths.work()
+    heads = load_heads(paths.work("joint_space"))
+    t_mat, i_mat = load_matrix(work, "text", platform), load_matrix(work, "image", platform)
+    has_image = image["ok"].to_numpy()
+    matrix = joint_embed(heads, np.nan_to_num(t_mat), np.nan_to_num(i_mat), has_image)
+    manifest = pd.DataFrame({"uid": text["uid"], "ok": text["ok"].to_numpy(),
+                             "error": text["error"], "content_hash": text["content_hash"]})
+    matrix[~manifest["ok"].to_numpy()] = np.nan
+    manifest.attrs.update(encoder="alignment-heads", n_computed=len(manifest), n_cached=0)
+    return _embedding_output(context, paths, "joint", platform, manifest, matrix)
