@@ -2,12 +2,12 @@
 from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
 
 from orchestration import checks
-from orchestration.assets import catalogue, embeddings
+from orchestration.assets import catalogue, classifiers, embeddings
 from orchestration.assets.embeddings import EncoderChoice
 from orchestration.io import ParquetIOManager
 from orchestration.resources import ProdcatPaths
 
-ASSET_MODULES = [catalogue, embeddings]
+ASSET_MODULES = [catalogue, embeddings, classifiers]
 
 
 def build_definitions(data_root: str = "", work_dir: str = "") -> Definitions:
@@ -15,7 +15,7 @@ def build_definitions(data_root: str = "", work_dir: str = "") -> Definitions:
     assets = load_assets_from_modules(ASSET_MODULES)
     return Definitions(
         assets=assets,
-        asset_checks=load_asset_checks_from_modules([checks]),
+        asset_checks=load_asset_checks_from_modules([checks, classifiers]),
         resources={
             "paths": ProdcatPaths(data_root=data_root, work_dir=work_dir),
             "encoders": EncoderChoice(),

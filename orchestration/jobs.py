@@ -35,13 +35,19 @@ def main_job_stages():
     """(selection, partition keys) in dependency order; later issues append their stages here."""
     from orchestration.partitions import platform_partitions
 
+    from orchestration.assets.classifiers import strategy_partitions
+
     platforms = platform_partitions.get_partition_keys()
+    strategies = strategy_partitions.get_partition_keys()
     return [
         (AssetSelection.assets("normalized_products"), platforms),
         (AssetSelection.assets("catalogue", "splits"), [None]),
         (AssetSelection.assets("text_embeddings", "image_embeddings"), platforms),
         (AssetSelection.assets("joint_space"), [None]),
         (AssetSelection.assets("joint_embeddings"), platforms),
+        (AssetSelection.assets("baselines"), [None]),
+        (AssetSelection.assets("classifiers"), strategies),
+        (AssetSelection.assets("benchmark_report"), [None]),
     ]
 
 

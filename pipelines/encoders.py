@@ -190,7 +190,10 @@ class TimmImageEncoder(ImageEncoder):
         if cfg.get("rename_keys") == "by_position":
             state = self._rename_by_position(state)
         state = {k: v for k, v in state.items() if not k.startswith(("classifier.", "head.fc.", "fc."))}
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # shape mismatches
+            raise EncoderError(f"checkpoint {path} does not match {cfg['arch']}: {str(e)[:300]}") from e
         if missing or unexpected:
             raise EncoderError(f"checkpoint {path} does not match {cfg['arch']}: missing {missing[:3]}..., "
                                f"unexpected {unexpected[:3]}...")

@@ -1,0 +1,64 @@
+import os
+import shutil
+
+import pytest
+
+os.environ.setdefault("PRODCAT_QUIET", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def sample_work(tmp_path_factory):
+    """The sample materialised through Dagster up to joint embeddings, once per test session."""
+    from dagster import AssetSelection, DagsterInstance
+
+    from orchestration.definitions import build_definitions
+    from orchestration.jobs import run_stage
+    from pipelines.config import PLATFORMS, SAMPLE_DIR
+
+    root = tmp_path_factory.mktemp("sample")
+    shutil.copytree(SAMPLE_DIR, root / "raw")
+    defs = build_definitions(data_root=str(root / "raw"), work_dir=str(root / "work"))
+    instance = DagsterInstance.ephemeral()
+    for selection, keys in [("normalized_products", PLATFORMS), ("catalogue splits", [None]),
+                            ("text_embeddings image_embeddings", PLATFORMS), ("joint_space", [None]),
+                            ("joint_embeddings", PLATFORMS)]:
+        for key in keys:
+            run_stage(defs, AssetSelection.assets(*selection.split()), instance, key)
+    return {"defs": defs, "instance": instance, "work": root / "work", "raw": root / "raw"}
+
+
+@pytest.fixture(scope="session")
+def sample_training(sample_work):
+    import pandas as pd
+
+    from pipelines.benchmark import training_data
+    from pipelines.catalogue import read_products
+    from pipelines.config import PLATFORMS
+
+    work = sample_work["work"]
+    catalogue = read_products(work / "assets" / "catalogue" / "all.parquet")
+    manifests = {m: {p: pd.read_parquet(work / "assets" / f"{m}_embeddings" / f"{p}.parquet") for p in PLATFORMS}
+                 for m in ("text", "image", "joint")}
+    features, available, labels, split, platforms = training_data(catalogue, manifests, work)
+    return {"catalogue": catalogue, "features": features, "available": available, "labels": labels,
+            "split": split, "platforms": platforms}
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta(tmp_path_factory):
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
+
+    d = tmp_path_factory.mktemp("roberta")
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["men running shoes sports sneakers silk scarf cotton shirt"] * 20, vocab_size=300,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    tok = RobertaTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                               pad_token="<pad>", mask_token="<mask>")
+    tok.save_pretrained(d)
+    cfg = RobertaConfig(vocab_size=tok.vocab_size + 5, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=80, pad_token_id=tok.pad_token_id)
+    RobertaModel(cfg).save_pretrained(d)
+    return d
