@@ -36,7 +36,7 @@ test-slow: setup
 
 ui: setup
 	$(BIN)/dagster dev -m orchestration.definitions -h 127.0.0.1 -p 3000 & \
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns.db -h 127.0.0.1 -p 5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/work/sample/mlruns.db -h 127.0.0.1 -p 5000
 
 dvc-repro: setup $(DVC_VENV)/.installed
 	PATH=$(CURDIR)/$(BIN):$$PATH $(DVC_VENV)/bin/dvc repro

@@ -33,6 +33,31 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_benchmark(args) -> int:
+    """The whole graph on a data root (default the full benchmark), then the report copied to --out."""
+    import os
+    import shutil
+
+    os.environ["PRODCAT_DATA"] = str(Path(args.data).resolve()) if args.data != "sample" else "sample"
+    from orchestration.jobs import run_main
+    from pipelines import config
+
+    print(f"prodcat benchmark on {config.data_root()} -> {config.work_dir()}")
+    run_main()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("benchmark.json", "benchmark.md"):
+        shutil.copy(config.work_dir() / "report" / name, out / name)
+    print((out / "benchmark.md").read_text())
+    return 0
+
+
+def cmd_bench_embed(args) -> int:
+    from pipelines.bench_embed import main as bench
+
+    return bench(args)
+
+
 def cmd_taxonomy(args) -> int:
     from pipelines.taxonomy import load_taxonomy
 
@@ -57,6 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="materialise every asset (Dagster, in process) and print a summary")
     p.add_argument("--data", default="", help="'sample' (default), 'benchmark' or a directory of raw exports")
     p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("benchmark", help="run every strategy and baseline on a data root; write benchmark.json/.md")
+    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "benchmark"))
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_benchmark)
+
+    p = sub.add_parser("bench", help="throughput benchmarks (print figures; not tests)")
+    bench = p.add_subparsers(dest="what", required=True)
+    b = bench.add_parser("embed", help="end-to-end vs bare forward items/s, cold vs warm cache, peak memory")
+    b.add_argument("--modality", choices=["text", "image"], default="image")
+    b.add_argument("--n", type=int, default=1000)
+    b.add_argument("--data", default="sample", help="'sample', 'benchmark' or a raw-export directory")
+    b.set_defaults(fn=cmd_bench_embed)
 
     p = sub.add_parser("taxonomy", help="print the shared taxonomy's size per level")
     p.add_argument("--path", default=None)

@@ -154,9 +154,11 @@ def predict(model_dir, features: dict, available: dict):
 # ---- MLflow ----------------------------------------------------------------------------------------------------
 
 def tracking_uri() -> str:
-    from pipelines.config import ROOT
+    from pipelines.config import work_dir
 
-    return os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT / 'mlruns.db'}")
+    # one registry per data root: a sample model must never become the benchmark's champion
+    work_dir().mkdir(parents=True, exist_ok=True)
+    return os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{work_dir() / 'mlruns.db'}")
 
 
 def log_run(result: TrainResult, params: dict, experiment: str = "prodcat", taxonomy=None, labels=None,
@@ -164,11 +166,11 @@ def log_run(result: TrainResult, params: dict, experiment: str = "prodcat", taxo
     """Params, metrics, per-level confusion plots and the model files, in one MLflow run."""
     import mlflow
 
-    from pipelines.config import ROOT
+    from pipelines.config import work_dir
 
     mlflow.set_tracking_uri(tracking_uri())
     if mlflow.get_experiment_by_name(experiment) is None:
-        mlflow.create_experiment(experiment, artifact_location=(ROOT / "mlartifacts" / experiment).as_uri())
+        mlflow.create_experiment(experiment, artifact_location=(work_dir() / "mlartifacts" / experiment).as_uri())
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=result.strategy) as run:
         mlflow.log_params({k: v for k, v in params.items() if not isinstance(v, (list, dict))} |

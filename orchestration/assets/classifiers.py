@@ -3,15 +3,17 @@ import json
 import logging
 
 import pandas as pd
-from dagster import (AssetCheckResult, AssetExecutionContext, AssetIn, DataVersion, MetadataValue, Output,
-                     StaticPartitionsDefinition, asset, asset_check)
+from dagster import (AllPartitionMapping, AssetCheckResult, AssetExecutionContext, AssetIn, DataVersion,
+                     MetadataValue, Output, StaticPartitionsDefinition, asset, asset_check)
 
 from orchestration.resources import ProdcatPaths
 from pipelines.train import STRATEGIES
 
 strategy_partitions = StaticPartitionsDefinition(STRATEGIES)
-EMBEDDING_INS = {"catalogue": AssetIn("catalogue"), "text": AssetIn("text_embeddings"),
-                 "image": AssetIn("image_embeddings"), "joint": AssetIn("joint_embeddings")}
+# every strategy trains on every platform's embeddings
+EMBEDDING_INS = {"catalogue": AssetIn("catalogue"),
+                 **{m: AssetIn(f"{m}_embeddings", partition_mapping=AllPartitionMapping())
+                    for m in ("text", "image", "joint")}}
 
 for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
     logging.getLogger(name).setLevel(logging.ERROR)
