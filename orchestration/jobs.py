@@ -45,6 +45,8 @@ def main_job_stages():
         (AssetSelection.assets("text_embeddings", "image_embeddings"), platforms),
         (AssetSelection.assets("joint_space"), [None]),
         (AssetSelection.assets("joint_embeddings"), platforms),
+        (AssetSelection.assets("lexical_space"), [None]),
+        (AssetSelection.assets("lexical_embeddings"), platforms),
         (AssetSelection.assets("baselines"), [None]),
         (AssetSelection.assets("classifiers"), strategies),
         (AssetSelection.assets("benchmark_report"), [None]),

@@ -23,7 +23,8 @@ def sample_work(tmp_path_factory):
     instance = DagsterInstance.ephemeral()
     for selection, keys in [("normalized_products", PLATFORMS), ("catalogue splits", [None]),
                             ("text_embeddings image_embeddings", PLATFORMS), ("joint_space", [None]),
-                            ("joint_embeddings", PLATFORMS)]:
+                            ("joint_embeddings", PLATFORMS), ("lexical_space", [None]),
+                            ("lexical_embeddings", PLATFORMS)]:
         for key in keys:
             run_stage(defs, AssetSelection.assets(*selection.split()), instance, key)
     return {"defs": defs, "instance": instance, "work": root / "work", "raw": root / "raw"}
@@ -40,7 +41,7 @@ def sample_training(sample_work):
     work = sample_work["work"]
     catalogue = read_products(work / "assets" / "catalogue" / "all.parquet")
     manifests = {m: {p: pd.read_parquet(work / "assets" / f"{m}_embeddings" / f"{p}.parquet") for p in PLATFORMS}
-                 for m in ("text", "image", "joint")}
+                 for m in ("text", "image", "joint", "lexical")}
     features, available, labels, split, platforms = training_data(catalogue, manifests, work)
     return {"catalogue": catalogue, "features": features, "available": available, "labels": labels,
             "split": split, "platforms": platforms}

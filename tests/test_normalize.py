@@ -115,3 +115,16 @@ def test_cli_normalize_writes_outputs_and_reports_errors_cleanly(tmp_path):
                           "--input", str(tmp_path / "nowhere"), "--out", str(out)], capture_output=True, text=True)
     assert bad.returncode == 2
     assert "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_full_benchmark_counts_add_up_and_fashion_is_mapped(platform):
+    from pipelines.config import BENCHMARK_DIR
+    from pipelines.platforms import get_adapter
+
+    src = BENCHMARK_DIR / platform
+    result = normalize_platform(platform, src, verify_images=False)  # image decoding is covered on the sample
+    rows_in = count_records(src / get_adapter(platform).EXPORT_FILE)
+    assert result.coverage["rows_in"] == rows_in == len(result.products) + len(result.quarantine)
+    assert result.coverage["fashion_mapped_share"] >= 0.95
+    assert result.quarantine["reason"].str.len().gt(0).all()

@@ -20,7 +20,9 @@ def test_definitions_load():
     from orchestration.definitions import defs
 
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert {"raw_export", "normalized_products", "catalogue", "splits"} <= keys
+    assert {"raw_export", "normalized_products", "catalogue", "splits", "text_embeddings", "image_embeddings",
+            "joint_space", "joint_embeddings", "lexical_space", "lexical_embeddings", "baselines", "classifiers",
+            "benchmark_report"} <= keys
 
 
 def test_catalogue_materialises_with_blocking_gx_checks(defs_tmp):

@@ -13,7 +13,7 @@ strategy_partitions = StaticPartitionsDefinition(STRATEGIES)
 # every strategy trains on every platform's embeddings
 EMBEDDING_INS = {"catalogue": AssetIn("catalogue"),
                  **{m: AssetIn(f"{m}_embeddings", partition_mapping=AllPartitionMapping())
-                    for m in ("text", "image", "joint")}}
+                    for m in ("text", "image", "joint", "lexical")}}
 
 for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
     logging.getLogger(name).setLevel(logging.ERROR)
@@ -28,7 +28,7 @@ def _metrics_row(res) -> dict:
        description="Hierarchical classifier with dynamic masking for one fusion strategy; logged to MLflow; the best "
                    "validation hF1 so far holds the registry alias `champion`.")
 def classifiers(context: AssetExecutionContext, paths: ProdcatPaths, catalogue: pd.DataFrame, text: dict,
-                image: dict, joint: dict) -> Output[pd.DataFrame]:
+                image: dict, joint: dict, lexical: dict) -> Output[pd.DataFrame]:
     from pipelines.benchmark import training_data
     from pipelines.taxonomy import load_taxonomy
     from pipelines.train import log_run, register_champion, strategy_config, train_classifier
@@ -36,7 +36,7 @@ def classifiers(context: AssetExecutionContext, paths: ProdcatPaths, catalogue: 
     strategy, work = context.partition_key, paths.work()
     taxonomy = load_taxonomy()
     features, available, labels, split, platforms = training_data(
-        catalogue, {"text": text, "image": image, "joint": joint}, work)
+        catalogue, {"text": text, "image": image, "joint": joint, "lexical": lexical}, work)
     res = train_classifier(strategy, features, available, labels, split, taxonomy, paths.work("models", strategy),
                            platforms=platforms)
     run_id = log_run(res, strategy_config(strategy), taxonomy=taxonomy, labels=labels)
@@ -54,7 +54,8 @@ def classifiers(context: AssetExecutionContext, paths: ProdcatPaths, catalogue: 
 
 @asset(group_name="classifiers", code_version="1", ins=EMBEDDING_INS,
        description="Baselines on the same split: TF-IDF + LinearSVC (flat, titles) and HiClass LCPPN + LR (embeddings).")
-def baselines(paths: ProdcatPaths, catalogue: pd.DataFrame, text: dict, image: dict, joint: dict) -> Output[pd.DataFrame]:
+def baselines(paths: ProdcatPaths, catalogue: pd.DataFrame, text: dict, image: dict, joint: dict,
+              lexical: dict) -> Output[pd.DataFrame]:
     from pipelines.benchmark import run_baselines, training_data
     from pipelines.taxonomy import load_taxonomy
 

@@ -3,7 +3,7 @@ import hashlib
 
 import numpy as np
 import pandas as pd
-from dagster import (AssetExecutionContext, AssetIn, ConfigurableResource, DataVersion, MetadataValue, Output,
+from dagster import (AllPartitionMapping, AssetExecutionContext, AssetIn, ConfigurableResource, DataVersion, MetadataValue, Output,
                      asset)
 
 from orchestration.partitions import platform_partitions
@@ -101,3 +101,37 @@ def joint_embeddings(context: AssetExecutionContext, paths: ProdcatPaths, text: 
     matrix[~manifest["ok"].to_numpy()] = np.nan
     manifest.attrs.update(encoder="alignment-heads", n_computed=len(manifest), n_cached=0)
     return _embedding_output(context, paths, "joint", platform, manifest, matrix)
+
+
+@asset(group_name="embeddings", code_version="1",
+       ins={"products": AssetIn("normalized_products", partition_mapping=AllPartitionMapping())},
+       description="Word + char n-gram TF-IDF -> SVD (256-d), fitted on the train split of every platform.")
+def lexical_space(paths: ProdcatPaths, products: dict) -> Output[pd.DataFrame]:
+    from pipelines import lexical
+    from pipelines.embed_store import text_of
+
+    table = pd.concat([products[k] for k in sorted(products)], ignore_index=True)
+    train = table[table["split"] == "train"]
+    model = lexical.fit_lexical([text_of(t, d) for t, d in zip(train["title"], train["description"])])
+    path = lexical.save(model, paths.work("lexical_space"))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    explained = float(model[1].explained_variance_ratio_.sum())
+    return Output(pd.DataFrame([{"train_texts": len(train), "explained_variance": explained}]),
+                  data_version=DataVersion(digest), metadata={"train_texts": len(train),
+                                                              "explained_variance": round(explained, 4)})
+
+
+@asset(partitions_def=platform_partitions, group_name="embeddings", code_version="1",
+       ins={"products": AssetIn("normalized_products"), "space": AssetIn("lexical_space")},
+       description="Lexical (TF-IDF SVD) vectors per platform.")
+def lexical_embeddings(context: AssetExecutionContext, paths: ProdcatPaths, products: pd.DataFrame,
+                       space: pd.DataFrame):
+    from pipelines import lexical
+    from pipelines.embed_store import text_of
+
+    texts = [text_of(t, d) for t, d in zip(products["title"], products["description"])]
+    matrix = lexical.transform(lexical.load(paths.work("lexical_space")), texts)
+    manifest = pd.DataFrame({"uid": (products["platform"] + ":" + products["product_id"].astype(str)).to_numpy(),
+                             "ok": np.array([bool(t.strip()) for t in texts]), "error": "", "content_hash": ""})
+    manifest.attrs.update(encoder="tfidf-svd", n_computed=len(manifest), n_cached=0)
+    return _embedding_output(context, paths, "lexical", context.partition_key, manifest, matrix)

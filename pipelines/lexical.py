@@ -1,0 +1,46 @@
+"""Lexical text features: word + character n-gram TF-IDF reduced by truncated SVD, fitted on the train split.
+
+Shop titles are short and formulaic ("Puma Men Grey T-shirt"); exact tokens and sub-words carry signal that a
+sentence encoder smooths away, which is why TF-IDF + LinearSVC is such a strong baseline. Fusion strategies get
+this dense lexical view as one more modality."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def fit_lexical(texts: list[str], dim: int = 256, seed: int = 0):
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import make_pipeline, make_union
+    from sklearn.preprocessing import Normalizer
+
+    model = make_pipeline(
+        make_union(TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, max_features=100_000),
+                   TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), min_df=3, sublinear_tf=True,
+                                   max_features=100_000)),
+        TruncatedSVD(n_components=dim, random_state=seed, n_iter=4),
+        Normalizer())
+    model.fit(texts)
+    return model
+
+
+def transform(model, texts: list[str]) -> np.ndarray:
+    return model.transform(texts).astype(np.float32)
+
+
+def save(model, out_dir: str | Path) -> Path:
+    import skops.io as sio
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sio.dump(model, out / "lexical.skops")  # skops: a typed, inspectable format instead of a raw pickle
+    return out / "lexical.skops"
+
+
+def load(out_dir: str | Path):
+    import skops.io as sio
+
+    path = Path(out_dir) / "lexical.skops"
+    return sio.load(path, trusted=sio.get_untrusted_types(file=path))
