@@ -7,18 +7,22 @@ import time
 import numpy as np
 
 
-def tfidf_svm(texts: list[str], labels: list, split: np.ndarray, seed: int = 0):
+def tfidf_svm_model(seed: int = 0):
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.pipeline import make_pipeline, make_union
     from sklearn.svm import LinearSVC
 
-    split = np.asarray(split)
-    y = np.array([" > ".join(p) for p in labels])
-    train = split == "train"
-    model = make_pipeline(
+    return make_pipeline(
         make_union(TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True),
                    TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), min_df=2, sublinear_tf=True)),
         LinearSVC(C=0.5, random_state=seed))
+
+
+def tfidf_svm(texts: list[str], labels: list, split: np.ndarray, seed: int = 0):
+    split = np.asarray(split)
+    y = np.array([" > ".join(p) for p in labels])
+    train = split == "train"
+    model = tfidf_svm_model(seed)
     t0 = time.perf_counter()
     model.fit([texts[i] for i in np.flatnonzero(train)], y[train])
     seconds = time.perf_counter() - t0

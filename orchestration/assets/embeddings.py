@@ -103,35 +103,52 @@ def joint_embeddings(context: AssetExecutionContext, paths: ProdcatPaths, text: 
     return _embedding_output(context, paths, "joint", platform, manifest, matrix)
 
 
-@asset(group_name="embeddings", code_version="1",
+@asset(group_name="embeddings", code_version="2",
        ins={"products": AssetIn("normalized_products", partition_mapping=AllPartitionMapping())},
-       description="Word + char n-gram TF-IDF -> SVD (256-d), fitted on the train split of every platform.")
+       description="Lexical view fitted on the train split: word + char TF-IDF -> SVD (256-d), and a TF-IDF + "
+                   "LinearSVC expert whose per-class scores fusion models read (out-of-fold on train rows).")
 def lexical_space(paths: ProdcatPaths, products: dict) -> Output[pd.DataFrame]:
     from pipelines import lexical
     from pipelines.embed_store import text_of
 
     table = pd.concat([products[k] for k in sorted(products)], ignore_index=True)
-    train = table[table["split"] == "train"]
-    model = lexical.fit_lexical([text_of(t, d) for t, d in zip(train["title"], train["description"])])
-    path = lexical.save(model, paths.work("lexical_space"))
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    explained = float(model[1].explained_variance_ratio_.sum())
-    return Output(pd.DataFrame([{"train_texts": len(train), "explained_variance": explained}]),
-                  data_version=DataVersion(digest), metadata={"train_texts": len(train),
+    train = table[table["split"] == "train"].reset_index(drop=True)
+    texts = [text_of(t, d) for t, d in zip(train["title"], train["description"])]
+    svd = lexical.fit_lexical(texts)
+    expert, classes, oof = lexical.fit_expert(texts, train["category_path"].tolist(),
+                                              (train["platform"] + train["group_id"]).tolist())
+    out = paths.work("lexical_space")
+    path = lexical.save({"svd": svd, "expert": expert}, out)
+    uids = (train["platform"] + ":" + train["product_id"].astype(str)).to_numpy()
+    np.save(out / "oof_scores.npy", oof)
+    pd.DataFrame({"uid": uids}).to_parquet(out / "oof_uids.parquet", index=False)
+    digest = hashlib.sha256(path.read_bytes() + oof.tobytes()).hexdigest()[:16]
+    explained = float(svd[1].explained_variance_ratio_.sum())
+    return Output(pd.DataFrame([{"train_texts": len(train), "explained_variance": explained,
+                                 "expert_classes": len(classes)}]),
+                  data_version=DataVersion(digest), metadata={"train_texts": len(train), "expert_classes": len(classes),
                                                               "explained_variance": round(explained, 4)})
 
 
-@asset(partitions_def=platform_partitions, group_name="embeddings", code_version="1",
+@asset(partitions_def=platform_partitions, group_name="embeddings", code_version="2",
        ins={"products": AssetIn("normalized_products"), "space": AssetIn("lexical_space")},
-       description="Lexical (TF-IDF SVD) vectors per platform.")
+       description="Lexical vectors per platform: [TF-IDF SVD | lexical expert scores (out-of-fold on train rows)].")
 def lexical_embeddings(context: AssetExecutionContext, paths: ProdcatPaths, products: pd.DataFrame,
                        space: pd.DataFrame):
     from pipelines import lexical
     from pipelines.embed_store import text_of
 
+    out = paths.work("lexical_space")
+    fitted = lexical.load(out)
     texts = [text_of(t, d) for t, d in zip(products["title"], products["description"])]
-    matrix = lexical.transform(lexical.load(paths.work("lexical_space")), texts)
-    manifest = pd.DataFrame({"uid": (products["platform"] + ":" + products["product_id"].astype(str)).to_numpy(),
-                             "ok": np.array([bool(t.strip()) for t in texts]), "error": "", "content_hash": ""})
-    manifest.attrs.update(encoder="tfidf-svd", n_computed=len(manifest), n_cached=0)
+    uids = (products["platform"] + ":" + products["product_id"].astype(str)).to_numpy()
+    scores = lexical.expert_scores(fitted["expert"], texts)
+    oof_row = pd.Series(np.arange(len(pd.read_parquet(out / "oof_uids.parquet"))),
+                        index=pd.read_parquet(out / "oof_uids.parquet")["uid"]).reindex(uids).to_numpy()
+    in_train = ~np.isnan(oof_row)
+    scores[in_train] = np.load(out / "oof_scores.npy")[oof_row[in_train].astype(int)]
+    matrix = np.concatenate([lexical.transform(fitted["svd"], texts), scores], 1)
+    manifest = pd.DataFrame({"uid": uids, "ok": np.array([bool(t.strip()) for t in texts]), "error": "",
+                             "content_hash": ""})
+    manifest.attrs.update(encoder="tfidf-svd+svm-expert", n_computed=len(manifest), n_cached=0)
     return _embedding_output(context, paths, "lexical", context.partition_key, manifest, matrix)
