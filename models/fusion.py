@@ -15,6 +15,12 @@ def masked(x: torch.Tensor, avail: torch.Tensor, missing: torch.Tensor) -> torch
     return torch.where(avail[:, None], x, missing.expand_as(x))
 
 
+def gate(x: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
+    """Blank the rows of a missing modality before any layer reads them: whatever they hold (zeros, NaN, inf)
+    never reaches an activation, so it cannot overflow into a NaN that a later mask would multiply by zero."""
+    return torch.where(avail[:, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
 class Unimodal(nn.Module):
     def __init__(self, dims: dict, hidden: int, dropout: float, **_):
         super().__init__()
@@ -24,7 +30,7 @@ class Unimodal(nn.Module):
         self.out_dim = hidden
 
     def forward(self, x: dict, avail: dict) -> torch.Tensor:
-        h = self.body(torch.nan_to_num(x[self.name]))
+        h = self.body(gate(x[self.name], avail[self.name]))
         return masked(h, avail[self.name], self.missing)  # no input: the model falls back to its learned prior
 
 
@@ -37,7 +43,7 @@ class Early(nn.Module):
         self.out_dim = hidden
 
     def forward(self, x, avail):
-        parts = [masked(torch.nan_to_num(x[m]), avail[m], self.missing[m]) for m in self.names]
+        parts = [masked(gate(x[m], avail[m]), avail[m], self.missing[m]) for m in self.names]
         flags = torch.stack([avail[m].float() for m in self.names], 1)
         return self.body(torch.cat(parts + [flags], 1))
 
@@ -52,7 +58,7 @@ class Late(nn.Module):
         self.out_dim = hidden
 
     def forward(self, x, avail):
-        parts = [masked(self.branches[m](torch.nan_to_num(x[m])), avail[m], self.missing[m]) for m in self.names]
+        parts = [masked(self.branches[m](gate(x[m], avail[m])), avail[m], self.missing[m]) for m in self.names]
         flags = torch.stack([avail[m].float() for m in self.names], 1)
         return self.fuse(torch.cat(parts + [flags], 1))
 
@@ -70,7 +76,7 @@ class Attention(nn.Module):
         self.out_dim = hidden
 
     def forward(self, x, avail):
-        tokens = torch.stack([self.proj[m](torch.nan_to_num(x[m])) for m in self.names], 1) + self.modality
+        tokens = torch.stack([self.proj[m](gate(x[m], avail[m])) for m in self.names], 1) + self.modality
         tokens = torch.cat([self.cls.expand(len(tokens), -1, -1), tokens], 1)
         # the CLS token is always present, so a product with a single modality still attends to something
         pad = torch.stack([torch.ones_like(avail[self.names[0]])] + [avail[m] for m in self.names], 1).logical_not()

@@ -74,17 +74,36 @@ class Hierarchy:
         return [tuple(self.level_nodes[lvl][picks[lvl][i]][-1] for lvl in range(self.depth))
                 for i in range(len(picks[0]))]
 
-    def masked_nll(self, logits: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced loss: -log p(true node | true parent) on every level the label has."""
+    def masked_nll(self, logits: list[torch.Tensor], labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+        """Teacher-forced loss: -log p(true node | true parent) on every level the label has (levels a shallow
+        label lacks are skipped, not guessed). `smoothing` spreads that much target mass over the true node's
+        siblings only, so smoothing never pushes probability towards another parent's children."""
         cond = self.conditional_log_probs(logits)
         total, count = 0.0, 0
         for lvl, c in enumerate(cond):
             y = labels[:, lvl]
             has = y >= 0
-            if has.any():
-                total = total - c[has].gather(1, y[has][:, None]).sum()
-                count += int(has.sum())
+            if not has.any():
+                continue
+            c, y = c[has], y[has]
+            nll = -c.gather(1, y[:, None]).squeeze(1)
+            if smoothing > 0:
+                parent = self.parent[lvl].to(c.device)
+                siblings = (parent[None, :] == parent[y][:, None]).to(c.dtype)
+                uniform = -(c * siblings).sum(1) / siblings.sum(1)
+                nll = (1 - smoothing) * nll + smoothing * uniform
+            total = total + nll.sum()
+            count += int(has.sum())
         return total / max(count, 1)
+
+    def hf1_counts(self, best: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Kiritchenko counts (overlap, |pred|, |true|) of decoded leaves vs label indices, the prediction read at
+        the label's depth (as `pipelines.metrics.hierarchical_prf(truncate=True)`): node ids are unique by path,
+        so a node matches iff its index at that level matches."""
+        pred = self.path_index.to(labels.device)[:, best].T  # [B, depth], -1 below a shallow leaf
+        has_true, has_pred = labels >= 0, pred >= 0
+        overlap = (has_true & (pred == labels)).sum()
+        return torch.stack([overlap, (has_pred & has_true).sum(), has_true.sum()])
 
     def flat_nll(self, logits: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
         """Unmasked per-level cross-entropy (teacher_forcing: false)."""

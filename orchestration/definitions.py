@@ -6,16 +6,18 @@ from orchestration.assets import catalogue, classifiers, embeddings
 from orchestration.assets.embeddings import EncoderChoice
 from orchestration.io import ParquetIOManager
 from orchestration.resources import ProdcatPaths
+from orchestration.schedules import raw_export_drop, weekly_retraining, with_weekly_retraining
 
 ASSET_MODULES = [catalogue, embeddings, classifiers]
 
 
 def build_definitions(data_root: str = "", work_dir: str = "") -> Definitions:
     """Definitions with explicit paths (tests point these at temp dirs); defaults follow PRODCAT_DATA/PRODCAT_WORK."""
-    assets = load_assets_from_modules(ASSET_MODULES)
+    assets = with_weekly_retraining(load_assets_from_modules(ASSET_MODULES))
     return Definitions(
         assets=assets,
         asset_checks=load_asset_checks_from_modules([checks, classifiers]),
+        sensors=[raw_export_drop, weekly_retraining],
         resources={
             "paths": ProdcatPaths(data_root=data_root, work_dir=work_dir),
             "encoders": EncoderChoice(),

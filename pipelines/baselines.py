@@ -1,5 +1,6 @@
-"""Baselines to beat, on the same split: flat TF-IDF + LinearSVC over full label paths, and HiClass
-LocalClassifierPerParentNode with logistic regression on the same embeddings."""
+"""Baselines to beat, on the same split: flat TF-IDF + LinearSVC over full label paths (each label path string is
+one class, so predictions are always label paths), and HiClass LocalClassifierPerParentNode with logistic
+regression on the same embeddings. Each fit returns (model, train seconds, predict(rows) -> list of path tuples)."""
 from __future__ import annotations
 
 import time
@@ -27,6 +28,15 @@ def tfidf_svm(texts: list[str], labels: list, split: np.ndarray, seed: int = 0):
     model.fit([texts[i] for i in np.flatnonzero(train)], y[train])
     seconds = time.perf_counter() - t0
     return model, seconds, lambda rows: [tuple(s.split(" > ")) for s in model.predict([texts[i] for i in rows])]
+
+
+def concat_available(features: dict, available: dict, modalities) -> np.ndarray:
+    """[x_m for each modality | availability flags]: a missing modality's block is zero *and* flagged 0, so the
+    linear model can tell 'no image' from an image embedding (it has its own weight for the flag)."""
+    blocks = [np.where(np.asarray(available[m], bool)[:, None], features[m], 0).astype(np.float32)
+              for m in modalities]
+    flags = np.stack([np.asarray(available[m], np.float32) for m in modalities], 1)
+    return np.concatenate(blocks + [flags], 1)
 
 
 def hiclass_lcppn(x: np.ndarray, labels: list, split: np.ndarray, depth: int, seed: int = 0, max_train: int = 20000):

@@ -47,20 +47,29 @@ def per_level(true_paths, pred_paths, depth: int) -> dict:
 
 
 def consistency(pred_paths, taxonomy) -> float:
-    """Share of predictions that are valid taxonomy paths ending at a leaf."""
+    """Path-consistency rate: share of predictions that are valid taxonomy paths (every prefix a node)."""
+    if not len(pred_paths):
+        return 1.0
+    return float(np.mean([taxonomy.is_valid_path(p) for p in pred_paths]))
+
+
+def leaf_rate(pred_paths, taxonomy) -> float:
+    """Share of predictions that are valid paths ending at a leaf (full depth, or a shallow leaf)."""
     if not len(pred_paths):
         return 1.0
     return float(np.mean([taxonomy.is_valid_path(p) and taxonomy.is_leaf(p) for p in pred_paths]))
 
 
 def expected_calibration_error(confidence, correct, bins: int = 15) -> float:
+    """Equal-width bins over (0, 1]; sum over bins of (bin share) * |mean confidence - accuracy|."""
     confidence, correct = np.asarray(confidence, float), np.asarray(correct, float)
-    edges = np.linspace(0, 1, bins + 1)
+    if not len(confidence):
+        return 0.0
+    which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
     ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        m = (confidence > lo) & (confidence <= hi)
-        if m.any():
-            ece += m.mean() * abs(confidence[m].mean() - correct[m].mean())
+    for b in np.unique(which):
+        m = which == b
+        ece += m.mean() * abs(confidence[m].mean() - correct[m].mean())
     return float(ece)
 
 
@@ -71,6 +80,7 @@ def evaluate(true_paths, pred_paths, taxonomy, confidence=None) -> dict:
     out = {**known, **{f"strict_{k}": v for k, v in strict.items()}, **per_level(true_paths, pred_paths,
                                                                                    taxonomy.depth)}
     out["consistency"] = consistency(pred_paths, taxonomy)
+    out["leaf_rate"] = leaf_rate(pred_paths, taxonomy)
     exact = [tuple(p[:len(t)]) == tuple(t) for t, p in zip(true_paths, pred_paths)]
     out["path_acc"] = float(np.mean(exact)) if exact else 0.0
     if confidence is not None:
