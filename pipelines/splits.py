@@ -8,9 +8,13 @@ import pandas as pd
 DEFAULT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 
 
+def stable_unit(key: str) -> float:
+    """A deterministic number in [0, 1) from a string (same on every machine and Python run)."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+
+
 def split_of(platform: str, group_id: str, fractions: dict = DEFAULT_FRACTIONS) -> str:
-    digest = hashlib.sha256(f"{platform}\x00{group_id}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
+    u = stable_unit(f"{platform}\x00{group_id}")
     acc = 0.0
     for name, frac in fractions.items():
         acc += frac
