@@ -20,7 +20,10 @@ def _inputs(modality: str, n: int, data: str):
     platform = "myntra" if modality == "image" else "hm"
     products = normalize_platform(platform, data_root() / platform, verify_images=False).products
     if modality == "image":
-        products = products[products["image_path"].notna()]
+        # the bare pass opens files directly: keep products whose image file exists (a few Myntra ids have none)
+        from pathlib import Path
+
+        products = products[products["image_path"].notna() & products["image_path"].map(lambda p: Path(str(p)).is_file())]
     return products.head(n).reset_index(drop=True)
 
 
