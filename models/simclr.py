@@ -2,8 +2,9 @@
 
 Sized for a CPU. The frozen part of the image backbone runs once per augmented view, before training (a bank of
 `image_views` views per product), so an epoch only runs the trainable tail (the last backbone blocks when unfrozen)
-and the small heads. Text views come from two paths: token dropout/shuffle of the title fed to a light bag-of-tokens
-encoder (on the fly), and optionally a bank of frozen sentence embeddings of augmented titles.
+and the small heads. A text view = token dropout of the title through a bag-of-tokens encoder (order-free), plus the
+frozen sentence embedding of the title with feature dropout (re-encoding augmented titles would cost a MiniLM pass
+per view).
 
 Loss = NT-Xent between two image views, between two text views and between an image view and a text view of the
 same product (cross-modal). The cross-modal term teaches what title and photo share (the kind of product) and
@@ -64,17 +65,6 @@ def tokenize(text: str) -> list[str]:
     return TOKEN.findall(str(text).lower())
 
 
-def augment_text(text: str, rng: np.random.Generator, drop: float = 0.3, shuffle: bool = True) -> str:
-    """Token dropout (at least one token survives) and optional shuffling."""
-    tokens = tokenize(text)
-    if not tokens:
-        return str(text)
-    keep = [t for t in tokens if rng.random() >= drop] or [tokens[rng.integers(len(tokens))]]
-    if shuffle:
-        keep = list(rng.permutation(keep))
-    return " ".join(keep)
-
-
 def build_vocab(texts, min_count: int = 2) -> dict[str, int]:
     """Token -> id (0 is padding); tokens seen in fewer than min_count texts are left out."""
     from collections import Counter
@@ -108,21 +98,23 @@ def split_backbone(model: nn.Module, unfreeze_last_blocks: int = 0) -> tuple[nn.
 
 
 @torch.inference_mode()
-def view_bank(images: list, trunk: nn.Module, augment, clean, n_views: int, batch_size: int = 128,
-              seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Trunk outputs of `n_views` augmented views [N, V, ...] and of the clean view [N, ...], batch by batch."""
+def view_bank(images: list, trunk: nn.Module, transform, batch_size: int = 128, seed: int = 0) -> torch.Tensor:
+    """Trunk outputs [N, ...] of one transformed view per image, batch by batch (None = no image: zeros)."""
     torch.manual_seed(seed)  # torchvision's random transforms draw from torch's global generator
     trunk.eval()
     device = next(trunk.parameters()).device
-    views, cleans = [], []
+    out = None
     for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
-        x = torch.stack([clean(im) for im in batch] + [augment(im) for _ in range(n_views) for im in batch])
-        out = trunk(x.to(device)).float().cpu()
-        b = len(batch)
-        cleans.append(out[:b])
-        views.append(out[b:].reshape(n_views, b, *out.shape[1:]).transpose(0, 1))
-    return torch.cat(views), torch.cat(cleans)
+        batch = [(i, im) for i, im in enumerate(images[start:start + batch_size], start) if im is not None]
+        if not batch:
+            continue
+        y = trunk(torch.stack([transform(im) for _, im in batch]).to(device)).float().cpu()
+        if out is None:
+            out = torch.zeros((len(images), *y.shape[1:]))
+        out[[i for i, _ in batch]] = y
+    if out is None:
+        raise ValueError("view_bank got no image")
+    return out
 
 
 # ---------------------------------------------------------------- model
@@ -132,12 +124,14 @@ def mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
 
 
 class ViewPairs(torch.utils.data.Dataset):
-    """Per product: two image views (from the bank), two frozen-text views and two token-dropout views."""
+    """Per product: two image views (from the bank), two feature-dropped frozen text embeddings and two
+    token-dropout views of the title."""
 
-    def __init__(self, image_views, has_image, text_views, tokens, max_tokens=48, token_dropout=0.3, seed=0):
+    def __init__(self, image_views, has_image, text_emb, tokens, max_tokens=48, token_dropout=0.3,
+                 feature_dropout=0.2, seed=0):
         self.image_views, self.has_image = image_views, torch.as_tensor(has_image, dtype=torch.bool)
-        self.text_views, self.tokens = text_views, tokens
-        self.max_tokens, self.drop = max_tokens, token_dropout
+        self.text_emb, self.tokens = text_emb, tokens
+        self.max_tokens, self.drop, self.feature_drop = max_tokens, token_dropout, feature_dropout
         self.rng = np.random.default_rng(seed)
         self.blank = torch.zeros(image_views.shape[2:]) if image_views is not None else torch.zeros(0)
 
@@ -162,7 +156,8 @@ class ViewPairs(torch.utils.data.Dataset):
             img_a, img_b = self._pair(self.image_views, i)
         else:  # zero-filled *and* flagged: the model only reads image views where has_image is true
             img_a = img_b = self.blank
-        txt_a, txt_b = self._pair(self.text_views, i) if self.text_views is not None else (torch.zeros(0),) * 2
+        txt_a, txt_b = (F.dropout(self.text_emb[i], self.feature_drop) for _ in range(2)) \
+            if self.text_emb is not None else (torch.zeros(0),) * 2
         return img_a, img_b, self.has_image[i], txt_a, txt_b, self._tokens(i), self._tokens(i)
 
 
@@ -251,23 +246,29 @@ def pad_tokens(lists: list[np.ndarray], max_tokens: int) -> torch.Tensor:
     return out
 
 
-def train_simclr(image_views, has_image, text_views, tokens, vocab_size: int, tail: nn.Module, cfg: dict) -> SimCLR:
+def train_simclr(image_views, has_image, text_emb, tokens, vocab_size: int, tail: nn.Module, cfg: dict) -> SimCLR:
     """Fit SimCLR heads (and the unfrozen tail) with Lightning on banked views.
 
-    image_views: [N, V, ...] trunk outputs or None; text_views: [N, Vt, d] frozen text embeddings or None;
+    image_views: [N, V, ...] trunk outputs or None; text_emb: [N, d] frozen text embeddings or None;
     tokens: per product token id arrays. cfg: the `simclr` section of models/configs/recategorise.yaml."""
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # frozen BatchNorm, on purpose
     torch.manual_seed(int(cfg.get("seed", 0)))
     image_dim = 0
     if image_views is not None and bool(np.any(has_image)):
         with torch.no_grad():
             image_dim = int(tail.eval()(image_views[:2, 0]).reshape(2, -1).shape[1])
-    model = SimCLR(tail, image_dim, int(text_views.shape[-1]) if text_views is not None else 0, vocab_size,
+    model = SimCLR(tail, image_dim, int(text_emb.shape[-1]) if text_emb is not None else 0, vocab_size,
                    rep_dim=cfg.get("rep_dim", 128), proj_dim=cfg.get("proj_dim", 64), hidden=cfg.get("hidden", 512),
                    temperature=cfg.get("temperature", 0.2), lr=float(cfg.get("lr", 1e-3)),
                    tail_lr=float(cfg.get("tail_lr", 1e-4)), weight_decay=float(cfg.get("weight_decay", 1e-4)),
                    loss_weights=cfg.get("loss_weights"))
-    data = ViewPairs(image_views, has_image, text_views, tokens, cfg.get("max_tokens", 48),
-                     cfg.get("token_dropout", 0.3), cfg.get("seed", 0))
+    data = ViewPairs(image_views, has_image, text_emb, tokens, cfg.get("max_tokens", 48),
+                     cfg.get("token_dropout", 0.3), cfg.get("feature_dropout", 0.2), cfg.get("seed", 0))
     batch_size = min(int(cfg.get("batch_size", 256)), len(data))
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=len(data) > batch_size)
     trainer = L.Trainer(max_epochs=int(cfg.get("epochs", 30)), accelerator="auto", devices=1, logger=False,

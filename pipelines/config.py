@@ -28,3 +28,11 @@ def work_dir() -> Path:
     root = data_root()
     name = "sample" if root == SAMPLE_DIR else ("benchmark" if root == BENCHMARK_DIR else root.name)
     return Path(os.environ.get("PRODCAT_WORK", ROOT / "work" / name))
+
+
+def seed() -> int:
+    """Training seed for classifiers and baselines (PRODCAT_SEED, default 0; DVC sets it from params.yaml)."""
+    value = os.environ.get("PRODCAT_SEED", "0")
+    if not value.strip().lstrip("-").isdigit():
+        raise ValueError(f"PRODCAT_SEED must be an integer, got {value!r}")
+    return int(value)

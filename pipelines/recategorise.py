@@ -3,7 +3,7 @@
     candidate_nodes(products, embeddings, taxonomy)          -> DataFrame of nodes with their scores
     recategorise_node(products, node, features, cfg, out_dir) -> RecategoriseResult (clusters, metrics, proposals)
     write_report(result, out_dir)                             -> self-contained HTML report for the taxonomy owners
-    run_benchmark_recategorisation(data_root, out_dir)        -> the experiment on the shallow nodes of a data root
+    run_recategorisation(data_root, out_dir)                  -> candidates + the shallow nodes of a data root
 
 Method (arXiv 2508.20013): SimCLR representation (models/simclr.py) -> UMAP clustering space -> cascade HDBSCAN
 (clusters too large or too loose are re-clustered, recursively, until a stopping rule). Native fine labels the
@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from pipelines.encoders import configure_threads
 from pipelines.taxonomy import Taxonomy, parse_path, path_str
 
 CONFIG_PATH = Path(__file__).resolve().parents[1] / "models" / "configs" / "recategorise.yaml"
@@ -87,7 +88,8 @@ def candidate_nodes(products_df: pd.DataFrame, embeddings: np.ndarray | None, ta
                     cfg: dict | None = None) -> pd.DataFrame:
     """Every taxonomy node that holds products directly, scored for hidden sub-categories.
 
-    dispersion = mean cosine distance of the node's embeddings to their centroid; native_labels = distinct
+    dispersion = mean cosine distance of the node's embeddings (rows without one are skipped, so a sample per
+    node suffices, see dispersion_rows) to their centroid; native_labels = distinct
     (platform, fine native label) pairs with real support. score = mean percentile rank of size, dispersion and
     native_labels. Candidates: the nodes configured as shallow, plus large nodes scoring >= min_score."""
     cfg = load_config(cfg)
@@ -126,7 +128,19 @@ def candidate_nodes(products_df: pd.DataFrame, embeddings: np.ndarray | None, ta
     out["candidate"] = out["configured_shallow"] | large
     out["reason"] = np.select([out["configured_shallow"], large], ["configured shallow", "large, dispersed, "
                               "several native sub-labels"], "")
+    deepest = large & ~out["configured_shallow"] & (out["depth"] >= taxonomy.depth)
+    out.loc[deepest, "reason"] += f" (a {taxonomy.levels[-1]} leaf: sub-nodes need a deeper taxonomy)"
     return out.sort_values(["candidate", "score"], ascending=False).reset_index(drop=True)
+
+
+def dispersion_rows(products: pd.DataFrame, per_node: int, seed: int = 0) -> np.ndarray:
+    """Row positions of up to `per_node` products per category path (seeded): dispersion needs no more, and only
+    these need a text embedding."""
+    paths = products["category_path"].map(tuple)
+    rng = np.random.default_rng(seed)
+    rows = [rng.choice(idx, min(per_node, len(idx)), replace=False)
+            for idx in pd.Series(np.arange(len(products))).groupby(paths.to_numpy()).agg(list).map(np.asarray)]
+    return np.sort(np.concatenate(rows))
 
 
 # ---------------------------------------------------------------- representation
@@ -143,20 +157,6 @@ def default_backbone_factory(cfg: dict):
         norm = enc.preprocess if hasattr(enc.preprocess, "mean") else enc  # normalisation the weights expect
         return enc.model, np.asarray(norm.mean, dtype=float).tolist(), np.asarray(norm.std, dtype=float).tolist()
     return factory
-
-
-def default_text_encode(name: str = "minilm"):
-    def encode(texts: list[str]) -> np.ndarray:
-        from pipelines.encoders import load_encoder
-
-        enc = load_encoder(name)
-        order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths per batch: little padding
-        out = np.zeros((len(texts), enc.dim), dtype=np.float32)
-        for s in range(0, len(order), enc.batch_size):
-            idx = order[s:s + enc.batch_size]
-            out[idx] = enc.encode([texts[i] for i in idx])
-        return out
-    return encode
 
 
 def load_images(paths) -> tuple[list, list]:
@@ -177,7 +177,7 @@ def load_images(paths) -> tuple[list, list]:
 
 
 def simclr_features(texts: list[str], text_emb: np.ndarray, images: list, cfg: dict, backbone_factory=None,
-                    text_encode=None, log=print) -> dict:
+                    log=print) -> dict:
     """Train SimCLR on the node's products; return its representation plus the raw frozen image features."""
     import torch
 
@@ -188,6 +188,9 @@ def simclr_features(texts: list[str], text_emb: np.ndarray, images: list, cfg: d
     n = len(texts)
     has_image = np.array([im is not None for im in images], dtype=bool) if cfg.get("images", True) \
         else np.zeros(n, dtype=bool)
+    # SimCLR trains on a seeded subset (augmented views are the cost); every product gets a representation
+    rng = np.random.default_rng(int(sc["seed"]))
+    train = np.sort(rng.choice(n, min(n, int(sc["max_train_products"])), replace=False))
     timings, image_views, image_clean, raw_image = {}, None, None, None
     tail = torch.nn.Identity()
     if has_image.any():
@@ -197,34 +200,31 @@ def simclr_features(texts: list[str], text_emb: np.ndarray, images: list, cfg: d
         augment, clean = S.image_transforms(int(sc["image_size"]), mean, std, sc["crop_scale"], sc["jitter"],
                                             sc["grayscale"])
         idx = np.flatnonzero(has_image)
-        views, cleans = S.view_bank([images[i] for i in idx], trunk, augment, clean, int(sc["image_views"]),
-                                    int(sc["bank_batch_size"]), int(sc["seed"]))
-        image_views = torch.zeros((n, *views.shape[1:]))
-        image_views[torch.from_numpy(idx)] = views  # rows without an image stay zero and are flagged by has_image
+        cleans = S.view_bank([images[i] for i in idx], trunk, clean, int(sc["bank_batch_size"]), int(sc["seed"]))
         image_clean = torch.zeros((n, *cleans.shape[1:]))
-        image_clean[torch.from_numpy(idx)] = cleans
-        with torch.no_grad():  # raw frozen features (before any training) for the baseline
+        image_clean[torch.from_numpy(idx)] = cleans  # rows without an image stay zero and are flagged by has_image
+        if has_image[train].any():
+            views = [S.view_bank([images[i] if has_image[i] else None for i in train], trunk, augment,
+                                 int(sc["bank_batch_size"]), int(sc["seed"]) + v + 1)
+                     for v in range(int(sc["image_views"]))]
+            image_views = torch.stack(views, dim=1)  # [n_train, V, ...]
+        with torch.no_grad():  # raw frozen features (before any training) for the ablation when none are given
             pooled = tail.eval()(cleans).reshape(len(idx), -1).numpy()
             raw_image = np.full((n, pooled.shape[1]), np.nan, dtype=np.float32)
             raw_image[idx] = pooled
         timings["view_bank_s"] = round(time.perf_counter() - t0, 1)
-        log(f"  view bank: {len(idx)} images x {sc['image_views']} views in {timings['view_bank_s']} s")
-    text_bank = torch.from_numpy(text_emb[:, None, :].astype(np.float32))
-    if int(sc["text_views"]) > 0:
-        t0 = time.perf_counter()
-        rng = np.random.default_rng(int(sc["seed"]))
-        aug = [S.augment_text(t, rng, sc["token_dropout"], sc["token_shuffle"]) for _ in range(int(sc["text_views"]))
-               for t in texts]
-        encoded = (text_encode or default_text_encode())(aug).reshape(int(sc["text_views"]), n, -1)
-        text_bank = torch.cat([text_bank, torch.from_numpy(encoded.astype(np.float32)).transpose(0, 1)], dim=1)
-        timings["text_views_s"] = round(time.perf_counter() - t0, 1)
+        log(f"  view bank: {len(idx)} clean views + {int(has_image[train].sum())} images x {sc['image_views']} "
+            f"augmented views in {timings['view_bank_s']} s")
+    text_bank = torch.from_numpy(text_emb.astype(np.float32))
     vocab = S.build_vocab(texts, int(sc["min_token_count"]))
     tokens = S.token_lists(texts, vocab, int(sc["max_tokens"]))
     t0 = time.perf_counter()
-    model = S.train_simclr(image_views, has_image, text_bank, tokens, len(vocab), tail, sc)
+    model = S.train_simclr(image_views, has_image[train], text_bank[train], [tokens[i] for i in train], len(vocab),
+                           tail, sc)
     timings["simclr_train_s"] = round(time.perf_counter() - t0, 1)
-    log(f"  simclr: {sc['epochs']} epochs in {timings['simclr_train_s']} s, final loss {model.final_loss:.3f}")
-    rep = model.represent(image_clean, has_image, text_bank[:, 0], S.pad_tokens(tokens, int(sc["max_tokens"])))
+    log(f"  simclr: {len(train)} products, {sc['epochs']} epochs in {timings['simclr_train_s']} s, "
+        f"final loss {model.final_loss:.3f}")
+    rep = model.represent(image_clean, has_image, text_bank, S.pad_tokens(tokens, int(sc["max_tokens"])))
     return {"simclr": rep, "raw_image": raw_image, "has_image": has_image, "timings": timings,
             "final_loss": model.final_loss, "vocab_size": len(vocab)}
 
@@ -331,13 +331,23 @@ def cluster_metrics(y_true, y_pred) -> dict:
 
 
 def evaluate(platforms: np.ndarray, labels: pd.Series, pred: np.ndarray, drop_noise: bool = False) -> dict:
-    """Per platform (its own native labels) and pooled (labels prefixed by platform: vocabularies differ)."""
+    """Per platform (each shop against its own native vocabulary) and `overall`: purity over all labelled products
+    (a cluster's majority label taken per platform, since vocabularies differ; a cluster mixing shops is not
+    penalised: that is what a shared taxonomy wants) and NMI/ARI as the product-weighted mean over platforms."""
     has = labels.notna().to_numpy() & ((pred >= 0) if drop_noise else True)
-    out = {"pooled": cluster_metrics([f"{p}:{lab}" for p, lab in zip(platforms[has], labels[has])], pred[has])}
+    out = {}
     for p in sorted(set(platforms[has])):
         rows = has & (platforms == p)
         out[p] = cluster_metrics(labels[rows].to_numpy(), pred[rows])
-    return out
+    n = sum(m["n"] for m in out.values())
+    if not n:
+        return {"overall": {"n": 0}}
+    w = {p: m["n"] / n for p, m in out.items()}
+    overall = {"n": n, "n_labels": sum(m["n_labels"] for m in out.values()),
+               "n_clusters": int(len(set(pred[has].tolist())))}
+    overall.update({k: round(sum(w[p] * m[k] for p, m in out.items()), 4) for k in ("purity", "nmi", "ari",
+                                                                                      "majority_share")})
+    return {"overall": overall, **out}
 
 
 def kmeans_labels(x: np.ndarray, k: int, seed: int = 0, n_init: int = 10) -> np.ndarray:
@@ -453,7 +463,7 @@ class RecategoriseResult:
     node: tuple
     products: pd.DataFrame  # platform, product_id, title, native_label, cluster (-1 noise), cluster_assigned, x, y
     clusters: pd.DataFrame  # cluster_id, name, terms, size, share, cohesion, lineage, depth, native purity, ...
-    metrics: dict           # method (all / clustered) vs baselines, per platform and pooled
+    metrics: dict           # method (all / clustered) vs baselines, per platform and overall
     noise: dict
     failures: pd.DataFrame  # products left out, with the reason
     timings: dict
@@ -474,38 +484,47 @@ class RecategoriseResult:
                 "steps": self.steps, "proposals": self.proposals()}
 
 
-def recategorise_node(products_df: pd.DataFrame, node, features: dict | None = None, cfg: dict | None = None,
-                      out_dir: str | Path | None = None, backbone_factory=None, text_encode=None,
-                      log=print) -> RecategoriseResult:
+def scaled_cascade(cc: dict, n: int) -> dict:
+    """Cluster sizes follow the node: min_cluster_size = n * min_cluster_share within [min, max] (a 200-product
+    sample node gets small clusters, a 7,000-product node no crumbs); min_split_size stays 3 x that."""
+    cc = dict(cc)
+    if isinstance(cc["min_cluster_size"], (list, tuple)):  # a fixed int is taken as is
+        lo, hi = cc["min_cluster_size"]
+        cc["min_cluster_size"] = int(np.clip(round(n * float(cc["min_cluster_share"])), lo, hi))
+    cc["min_samples"] = min(int(cc["min_samples"]), cc["min_cluster_size"])
+    cc["min_split_size"] = 3 * cc["min_cluster_size"]
+    return cc
+
+
+def recategorise_node(products_df: pd.DataFrame, node, features: dict, cfg: dict | None = None,
+                      out_dir: str | Path | None = None, backbone_factory=None, log=print) -> RecategoriseResult:
     """Cluster the products sitting at `node` and propose sub-categories.
 
-    features: optional {'text': frozen text embeddings, 'image': frozen image embeddings} aligned with
-    products_df rows (NaN rows = not available). Text embeddings are computed with `text_encode` (default MiniLM)
-    when absent; image views always come from the image files. cfg: overrides of models/configs/recategorise.yaml.
+    features: {'text': frozen text embeddings, optional 'image': frozen image embeddings} aligned with
+    products_df rows (NaN rows = not available; see frozen_features). Image views for SimCLR always come from the
+    image files; the frozen image embeddings feed the k-means baseline. cfg: overrides of the YAML config.
     With out_dir, writes image grids, the UMAP plot, clusters.csv, result.json and report.html there."""
     cfg = load_config(cfg)
     node = as_node(node)
     t_start = time.perf_counter()
     mask = at_node(products_df, node)
     products = products_df[mask].reset_index(drop=True)
-    features = {k: np.asarray(v)[mask] for k, v in (features or {}).items() if v is not None}
+    features = {k: np.asarray(v)[mask] for k, v in features.items() if v is not None}
     for k, v in features.items():
         if len(v) != len(products):
             raise ValueError(f"features[{k!r}] is not aligned with products_df")
-    cc = cfg["cascade"]
+    cc = cfg["cascade"] = scaled_cascade(cfg["cascade"], len(products))
     if len(products) < 2 * int(cc["min_cluster_size"]):
         raise ValueError(f"node {path_str(node)} holds {len(products)} products; recategorising needs at least "
                          f"{2 * int(cc['min_cluster_size'])} (2 x cascade.min_cluster_size)")
+    configure_threads()  # torch on PRODCAT_THREADS or the cores this process may use
     log(f"recategorise {path_str(node)}: {len(products)} products "
         f"({', '.join(f'{p} {n}' for p, n in products['platform'].value_counts().items())})")
     texts = product_texts(products, cfg)
     timings = {}
-    t0 = time.perf_counter()
-    text_emb = features.get("text")
-    if text_emb is None:
-        text_emb = (text_encode or default_text_encode())(texts)
-        timings["text_embed_s"] = round(time.perf_counter() - t0, 1)
-    text_emb = np.asarray(text_emb, dtype=np.float32)
+    if features.get("text") is None:
+        raise ValueError("recategorise_node needs features['text'] (frozen text embeddings, see frozen_features)")
+    text_emb = np.asarray(features["text"], dtype=np.float32)
     failures = []
     bad_text = np.isnan(text_emb).any(1)
     for i in np.flatnonzero(bad_text):
@@ -522,7 +541,7 @@ def recategorise_node(products_df: pd.DataFrame, node, features: dict | None = N
         if e and e.startswith("unreadable"):  # text-only products are expected; unreadable files are not
             failures.append({"platform": products.at[i, "platform"], "product_id": products.at[i, "product_id"],
                              "reason": f"{e} (clustered on text only)"})
-    rep = simclr_features(texts, text_emb, images, cfg, backbone_factory, text_encode, log)
+    rep = simclr_features(texts, text_emb, images, cfg, backbone_factory, log)
     timings.update(rep["timings"])
     x = rep["simclr"]
     if cfg["features"]["raw_text_weight"]:
@@ -614,7 +633,7 @@ def recategorise_node(products_df: pd.DataFrame, node, features: dict | None = N
 # ---------------------------------------------------------------- report
 
 def _img_tag(path, width=None) -> str:
-    if not path or not Path(path).exists():
+    if not isinstance(path, (str, Path)) or not path or not Path(path).exists():
         return "<em>no images</em>"
     data = base64.b64encode(Path(path).read_bytes()).decode()
     return f'<img src="data:image/png;base64,{data}"' + (f' width="{width}"' if width else "") + ">"
@@ -660,7 +679,7 @@ padding:4px 6px;vertical-align:top}} th{{background:#eee}}</style></head><body>
 Products left out: {len(result.failures)}. Run time: {html.escape(json.dumps(result.timings))}.</p>
 <h2>UMAP view</h2>{_img_tag(result.plots.get('umap'))}
 <h2>Agreement with the shops' own fine labels</h2>
-<p>Native labels were not used to form clusters. Pooled = labels prefixed by platform.</p>
+<p>Native labels were not used to form clusters. Each shop is scored against its own vocabulary; overall = purity over all labelled products (majority label per cluster and shop), NMI/ARI weighted by products per shop.</p>
 <table><tr><th>clustering</th><th>scope</th><th>n</th><th>native labels</th><th>clusters</th><th>purity</th>
 <th>NMI</th><th>ARI</th><th>majority-label share</th></tr>{_metric_rows(result.metrics)}</table>
 <h2>Clusters (proposals)</h2>
@@ -675,58 +694,112 @@ Products left out: {len(result.failures)}. Run time: {html.escape(json.dumps(res
     return str(path)
 
 
-# ---------------------------------------------------------------- benchmark experiment
+# ---------------------------------------------------------------- runs over a data root
 
-def node_products_from_raw(data_root: str | Path, nodes: list, taxonomy: Taxonomy | None = None) -> pd.DataFrame:
-    """Normalise every platform's raw export and keep the products at `nodes`; images checked for those only."""
+def node_slug(node) -> str:
+    """'Footwear > Shoes' -> 'footwear_shoes' (directory names)."""
+    return "_".join(as_node(node)).lower().replace(" & ", "-and-").replace(" ", "-").replace("/", "-")
+
+
+def load_products(data_root: str | Path, taxonomy: Taxonomy | None = None) -> pd.DataFrame:
+    """Every platform's raw export under data_root, normalised (images are checked later, for node products only)."""
     from pipelines.config import PLATFORMS
-    from pipelines.normalize import check_images, normalize_platform
-    from pipelines.taxonomy import load_taxonomy
+    from pipelines.normalize import normalize_platform
 
-    taxonomy = taxonomy or load_taxonomy()
-    frames = []
-    for p in PLATFORMS:
-        if not (Path(data_root) / p).is_dir():
-            continue
-        df = normalize_platform(p, Path(data_root) / p, taxonomy=taxonomy, verify_images=False).products
-        frames.append(df[np.any([at_node(df, n) for n in nodes], axis=0)])
+    frames = [normalize_platform(p, Path(data_root) / p, taxonomy=taxonomy, verify_images=False).products
+              for p in PLATFORMS if (Path(data_root) / p).is_dir()]
     if not frames:
         raise FileNotFoundError(f"no platform export under {data_root} (expected {', '.join(PLATFORMS)})")
-    out = pd.concat(frames, ignore_index=True)
-    out["image_status"] = check_images(out["image_path"].tolist())
+    return pd.concat(frames, ignore_index=True)
+
+
+def node_products(products: pd.DataFrame, nodes: list) -> pd.DataFrame:
+    """The products sitting exactly at `nodes`, with their images checked (unreadable -> image_path None)."""
+    from pipelines.normalize import check_images
+
+    out = products[np.any([at_node(products, n) for n in nodes], axis=0)].reset_index(drop=True)
+    paths = [p if isinstance(p, str) and p else None for p in out["image_path"]]  # NaN from parquet = no image
+    out["image_status"] = check_images(paths)
     out.loc[out["image_status"] != "ok", "image_path"] = None
     return out
 
 
-def run_benchmark_recategorisation(data_root: str | Path | None = None, out_dir: str | Path = "reports/recategorise",
-                                   nodes: list | None = None, cfg: dict | None = None,
-                                   store_root: str | Path | None = None) -> dict:
-    """Recategorise the shallow nodes of a data root (default: the full benchmark) and write
-    out_dir/<node>/report.html plus out_dir/recategorisation.json and .md (metrics vs baseline, run time)."""
-    from pipelines.config import BENCHMARK_DIR
+def frozen_features(products: pd.DataFrame, store: str | Path, cfg: dict, modalities=("text", "image")) -> dict:
+    """Frozen text / image embeddings of `products` from the content-addressed store (computed only when missing);
+    NaN rows where a product has none."""
     from pipelines.embed_store import embed_products
+
+    names = {"text": cfg["text_encoder"], "image": cfg["simclr"]["image_encoder"]}
+    out = {}
+    for m in modalities:
+        manifest, matrix = embed_products(products, m, names[m], store)
+        matrix[~manifest["ok"].to_numpy()] = np.nan
+        out[m] = matrix
+    return out
+
+
+def scored_candidates(products: pd.DataFrame, store: str | Path, taxonomy: Taxonomy, cfg: dict) -> pd.DataFrame:
+    """candidate_nodes with dispersion measured on a sample of each node's frozen text embeddings."""
+    rows = dispersion_rows(products, int(cfg["candidates"]["dispersion_sample"]))
+    sampled = frozen_features(products.iloc[rows], store, cfg, ("text",))["text"]
+    text = np.full((len(products), sampled.shape[1]), np.nan, dtype=np.float32)
+    text[rows] = sampled
+    return candidate_nodes(products, text, taxonomy, cfg)
+
+
+def run_recategorisation(data_root: str | Path, out_dir: str | Path, nodes: list | None = None,
+                         cfg: dict | None = None, store_root: str | Path | None = None, log=print) -> dict:
+    """Candidate nodes of a data root (scored), then recategorise `nodes` (default: the taxonomy's shallow nodes).
+    Writes out_dir/candidates.csv, out_dir/<node>/report.html (+ PNGs, clusters.csv, assignments.parquet),
+    out_dir/recategorisation.json and .md and out_dir/index.html. Frozen embeddings come from store_root."""
     from pipelines.taxonomy import load_taxonomy
 
+    cfg = load_config(cfg)
     taxonomy = load_taxonomy()
     nodes = [as_node(n) for n in (nodes or taxonomy.shallow)]
+    for n in nodes:
+        if n not in taxonomy:
+            raise ValueError(f"node {path_str(n)} is not in the taxonomy")
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     store = Path(store_root) if store_root else out / "store"
     t0 = time.perf_counter()
-    products = node_products_from_raw(data_root or BENCHMARK_DIR, nodes, taxonomy)
-    print(f"normalised node products: {len(products)} in {time.perf_counter() - t0:.0f} s")
-    manifest_t, text = embed_products(products, "text", "minilm", store)
-    text[~manifest_t["ok"].to_numpy()] = np.nan
-    manifest_i, image = embed_products(products, "image", "efficientnet-lite0", store)
-    image[~manifest_i["ok"].to_numpy()] = np.nan
+    products = load_products(data_root, taxonomy)
+    log(f"normalised {len(products)} products in {time.perf_counter() - t0:.0f} s")
+    candidates = scored_candidates(products, store, taxonomy, cfg)
+    candidates.to_csv(out / "candidates.csv", index=False)
+    log(candidates[candidates["candidate"]].drop(columns="top_native_labels").to_string(index=False))
+    at_nodes = node_products(products, nodes)
+    features = frozen_features(at_nodes, store, cfg)
     summary = {}
     for node in nodes:
-        slug = "_".join(node).lower().replace(" ", "-").replace("&", "and")
-        res = recategorise_node(products, node, {"text": text, "image": image}, cfg, out / slug)
+        res = recategorise_node(at_nodes, node, features, cfg, out / node_slug(node), log=log)
         summary[path_str(node)] = res.summary()
+    write_summary(summary, candidates, out)
+    log(summary_markdown(summary))
+    return summary
+
+
+def write_summary(summary: dict, candidates: pd.DataFrame | None, out: Path) -> Path:
+    """recategorisation.json / .md and index.html (metrics per node vs the baseline, candidate nodes, links)."""
+    out = Path(out)
     (out / "recategorisation.json").write_text(json.dumps(summary, indent=2, default=str))
     (out / "recategorisation.md").write_text(summary_markdown(summary))
-    print(summary_markdown(summary))
-    return summary
+    links = "".join(f'<li><a href="{node_slug(node)}/report.html">{html.escape(node)}</a> &mdash; '
+                    f'{s["n_clusters"]} proposals, noise {s["noise"]["share"]:.1%}</li>' for node, s in summary.items())
+    table = summary_markdown(summary).splitlines()
+    md_rows = "".join("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in line.strip("|").split("|"))
+                      + "</tr>" for i, line in enumerate(table) if i != 1)
+    cand = candidates.to_html(index=False, float_format=lambda v: f"{v:.3f}") if candidates is not None else ""
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Recategorisation</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;
+padding:3px 6px}}</style></head><body><h1>Recategorisation of shallow taxonomy nodes</h1>
+<h2>Reports per node</h2><ul>{links}</ul>
+<h2>Agreement with native fine labels: cascade vs k-means on raw embeddings (same k)</h2><table>{md_rows}</table>
+<h2>Candidate nodes (automatic detection)</h2>{cand}</body></html>"""
+    path = out / "index.html"
+    path.write_text(page)
+    return path
 
 
 def summary_markdown(summary: dict) -> str:
@@ -741,35 +814,3 @@ def summary_markdown(summary: dict) -> str:
                          f"{a['nmi']:.3f} / {b['nmi']:.3f} | {a['ari']:.3f} / {b['ari']:.3f} | "
                          f"{c.get('purity', float('nan')):.3f} | {s['timings']['total_s']} |")
     return "\n".join(lines) + "\n"
-
-
-def main(argv=None) -> int:
-    import argparse
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    ap = argparse.ArgumentParser(description=run_benchmark_recategorisation.__doc__)
-    ap.add_argument("--data", default=None, help="raw exports root (default: the full benchmark)")
-    ap.add_argument("--out", default="reports/recategorise")
-    ap.add_argument("--node", action="append", help="'Footwear > Shoes' (repeatable; default: the shallow nodes)")
-    ap.add_argument("--store", default=None, help="embedding cache (default: <out>/store)")
-    ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--image-size", type=int, default=None)
-    ap.add_argument("--set", action="append", default=[], help="config override, e.g. cascade.max_share=0.25")
-    args = ap.parse_args(argv)
-    overrides: dict = {}
-    for item in args.set + ([f"simclr.epochs={args.epochs}"] if args.epochs else []) + \
-            ([f"simclr.image_size={args.image_size}"] if args.image_size else []):
-        key, _, value = item.partition("=")
-        *parents, leaf = key.split(".")
-        d = overrides
-        for p in parents:
-            d = d.setdefault(p, {})
-        d[leaf] = yaml.safe_load(value)
-    run_benchmark_recategorisation(args.data, args.out, args.node, overrides, args.store)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -28,9 +28,10 @@ def _subtree(tree, node: tuple, path: str):
     return value
 
 
-def accept_proposals(taxonomy_path: str | Path, node, proposals: list[dict], out_dir: str | Path,
+def accept_proposals(taxonomy_path: str | Path, node, proposals: list[dict], out: str | Path,
                      overwrite: bool = False) -> Path:
-    """Write `<stem>.v<N+1>.yaml` in out_dir where `node` gains the accepted children; the input stays untouched.
+    """Write the next taxonomy version where `node` gains the accepted children; the input stays untouched.
+    `out` is the new file (.yaml) or a directory (the file is then `<stem>.v<N+1>.yaml`).
 
     proposals: [{"cluster_id": 3, "name": "Sports Shoes"}, ...]; several clusters may share a name (they merge
     into one child). The node stops being listed as shallow. Returns the new file's path."""
@@ -72,9 +73,12 @@ def accept_proposals(taxonomy_path: str | Path, node, proposals: list[dict], out
         "version": version, "derived_from": f"{src.name} (version {version - 1})", "node": list(node),
         "added": names, "clusters": {str(p["cluster_id"]): " ".join(str(p["name"]).split()) for p in proposals}})
 
-    out = Path(out_dir) / f"{src.stem.split('.v')[0]}.v{version}.yaml"
+    out = Path(out)
+    if out.suffix not in (".yaml", ".yml"):
+        out = out / f"{src.stem.split('.v')[0]}.v{version}.yaml"
     if out.resolve() == src.resolve() or (out.exists() and not overwrite):
-        raise FileExistsError(f"{out} exists: taxonomy versions are immutable (pass overwrite=True to replace a draft)")
+        raise ValueError(f"{out} exists: taxonomy versions are immutable (write a new file, or pass overwrite=True "
+                         "to replace a draft)")
     out.parent.mkdir(parents=True, exist_ok=True)
     header = (f"# {doc.get('name', src.stem)} version {version}: {path_str(node)} gained {', '.join(names)}\n"
               f"# (accepted recategorisation proposals; derived from {src.name}, which is left unchanged)\n")
@@ -133,3 +137,47 @@ def relabel(products_df: pd.DataFrame, cluster_assignments: pd.DataFrame, mappin
     out.loc[move, "category_path"] = pd.Series([new_paths[c] for c in clusters[move]], index=out.index[move])
     out["relabelled"] = move
     return out
+
+
+def accept_from_report(report_dir: str | Path, node, cluster_ids: list[int], out: str | Path,
+                       names: list[str] | None = None, taxonomy_path: str | Path | None = None,
+                       overwrite: bool = False) -> dict:
+    """Accept clusters of a recategorisation report: the new taxonomy version (see accept_proposals) and the node's
+    products re-labelled under the new children, written beside it as `<new stem>.relabelled.parquet`
+    (platform, product_id, title, cluster, old_path, category_path, relabelled). Products of clusters not accepted
+    and noise stay at the node, which remains a valid (now inner) node, so old mappings keep their meaning.
+
+    report_dir: a node's report directory (clusters.csv, assignments.parquet) or the run directory holding it.
+    names: one per cluster id to override the proposed names (clusters with equal names merge)."""
+    from pipelines.config import TAXONOMY_PATH
+    from pipelines.recategorise import node_slug
+
+    node = _node(node)
+    report = Path(report_dir)
+    if not (report / "clusters.csv").exists():
+        report = report / node_slug(node)
+    if not (report / "clusters.csv").exists() or not (report / "assignments.parquet").exists():
+        raise FileNotFoundError(f"{report_dir}: no clusters.csv + assignments.parquet for {path_str(node)}")
+    clusters = pd.read_csv(report / "clusters.csv").set_index("cluster_id")
+    if names is not None and len(names) != len(cluster_ids):
+        raise ValueError(f"{len(names)} names for {len(cluster_ids)} clusters: give one name per cluster id")
+    unknown = sorted(set(cluster_ids) - set(clusters.index))
+    if unknown:
+        raise ValueError(f"clusters {unknown} are not in {report / 'clusters.csv'} (ids {sorted(clusters.index)})")
+    proposals = [{"cluster_id": int(c), "name": names[i] if names else clusters.at[c, "name"]}
+                 for i, c in enumerate(cluster_ids)]
+    new_file = accept_proposals(taxonomy_path or TAXONOMY_PATH, node, proposals, out, overwrite)
+    taxonomy = load_taxonomy(new_file)
+    assignments = pd.read_parquet(report / "assignments.parquet")
+    products = assignments[["platform", "product_id", "title", "cluster"]].copy()
+    products["category_path"] = [list(node)] * len(products)
+    mapping = {p["cluster_id"]: " ".join(str(p["name"]).split()) for p in proposals}
+    relabelled = relabel(products, assignments, mapping, node, taxonomy)
+    relabelled.insert(4, "old_path", [path_str(node)] * len(relabelled))
+    relabelled["category_path"] = relabelled["category_path"].map(path_str)
+    assert len(relabelled) == len(assignments)  # re-labelling moves products, never drops or adds them
+    table = new_file.with_name(new_file.stem + ".relabelled.parquet")
+    relabelled.to_parquet(table, index=False)
+    return {"taxonomy": str(new_file), "version": taxonomy.version, "node": path_str(node),
+            "added": sorted(set(mapping.values())), "relabelled_products": str(table),
+            "products": int(len(relabelled)), "per_path": relabelled["category_path"].value_counts().to_dict()}

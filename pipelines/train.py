@@ -360,7 +360,8 @@ def confusion_plots(name: str, true: list, pred: list, depth: int, out_dir) -> l
 
 def register_champion(run_id: str, val_hf1: float, tracking_uri: str | None = None) -> bool:
     """Register the run's model as a new version of `prodcat-classifier`; move alias `champion` to it only if its
-    val hF1 beats the current champion's (registry aliases, not stages). -> whether it became champion."""
+    val hF1 beats the current champion's (registry aliases, not stages). The decision and both scores are recorded
+    as tags on the new version and on its run (`champion_decision`). -> whether it became champion."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -375,13 +376,18 @@ def register_champion(run_id: str, val_hf1: float, tracking_uri: str | None = No
     client.set_model_version_tag(REGISTERED_MODEL, version.version, "val_hF1", f"{val_hf1:.6f}")
     try:
         current = client.get_model_version_by_alias(REGISTERED_MODEL, "champion")
-        best = float(current.tags.get("val_hF1", "-1"))
+        best, holder = float(current.tags.get("val_hF1", "-1")), f"version {current.version}"
     except MlflowException:
-        best = -1.0
-    if val_hf1 > best:
+        best, holder = -1.0, "none"
+    promoted = val_hf1 > best
+    decision = (f"promoted: val_hF1 {val_hf1:.6f}, no champion yet" if holder == "none" else
+                f"{'promoted' if promoted else 'not promoted'}: val_hF1 {val_hf1:.6f} "
+                f"{'>' if promoted else '<='} champion {holder} {best:.6f}")
+    client.set_model_version_tag(REGISTERED_MODEL, version.version, "champion_decision", decision)
+    client.set_tag(run_id, "champion_decision", decision)
+    if promoted:
         client.set_registered_model_alias(REGISTERED_MODEL, "champion", version.version)
-        return True
-    return False
+    return promoted
 
 
 def champion_dir(dst: Path | None = None, tracking_uri: str | None = None) -> Path:

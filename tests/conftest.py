@@ -63,3 +63,25 @@ def tiny_roberta(tmp_path_factory):
                         intermediate_size=64, max_position_embeddings=80, pad_token_id=tok.pad_token_id)
     RobertaModel(cfg).save_pretrained(d)
     return d
+
+
+@pytest.fixture(scope="session")
+def two_stage_models(sample_work, sample_training):
+    """A small stage-1 (lexical) model, calibrated, and a small stage-2 model ('early' fusion) with the routing
+    threshold between them, trained on the sample in the session's work dir (issue 7)."""
+    from pipelines.infer import fit_routing, product_texts, train_stage1
+    from pipelines.taxonomy import load_taxonomy
+    from pipelines.train import train_classifier
+
+    work, t = sample_work["work"], sample_training
+    taxonomy = load_taxonomy()
+    stage1 = train_stage1(t["features"], t["available"], t["labels"], t["split"], taxonomy,
+                          work / "models" / "stage1", max_epochs=6)
+    stage2 = train_classifier("early", t["features"], t["available"], t["labels"], t["split"], taxonomy,
+                              work / "models" / "test_stage2", max_epochs=4)
+    cat = t["catalogue"]
+    routing = fit_routing(stage1["model_dir"], stage2.model_dir, t["features"], t["available"], t["labels"],
+                          t["split"], work, measure_items=32, texts=product_texts(cat["title"], cat["description"]),
+                          image_paths=cat["image_path"].tolist())
+    return {"work": work, "raw": sample_work["raw"], "stage1": stage1, "stage2_dir": stage2.model_dir,
+            "routing": routing}

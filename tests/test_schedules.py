@@ -8,7 +8,7 @@ from dagster import (AssetKey, AssetMaterialization, DagsterInstance, build_sens
                      evaluate_automation_conditions)
 
 from orchestration.definitions import build_definitions
-from orchestration.schedules import RETRAIN, raw_export_drop, weekly_retraining
+from orchestration.schedules import DROP_TARGET, RETRAIN, raw_export_drop, weekly_retraining
 from pipelines.config import PLATFORMS, SAMPLE_DIR
 
 NP = AssetKey("normalized_products")
@@ -45,9 +45,9 @@ def test_drop_sensor_requests_changed_platforms_and_downstream(drop):
         asked = _requested(first)
         assert asked["normalized_products"] == sorted(PLATFORMS)
         # downstream comes from the asset graph, not a list kept here
-        assert set(asked) == {k.to_user_string() for k in RETRAIN.resolve(defs.resolve_asset_graph())} | {
-            "normalized_products", "catalogue", "splits", "text_embeddings", "image_embeddings", "joint_space",
-            "joint_embeddings", "lexical_space", "lexical_embeddings"}
+        assert set(asked) == {k.to_user_string() for k in DROP_TARGET.resolve(defs.resolve_asset_graph())}
+        assert {"catalogue", "splits", "text_embeddings", "image_embeddings", "joint_space", "joint_embeddings",
+                "lexical_space", "lexical_embeddings", "baselines", "classifiers", "benchmark_report"} <= set(asked)
 
         second = _tick(defs, instance, first.cursor)
         assert second.run_requests == [] and "no new or changed export" in second.skip_message
@@ -96,7 +96,11 @@ def test_weekly_retrain_fires_once_after_monday_3am(tmp_path):
             requested.append({k.to_user_string(): result.get_num_requested(k)
                               for k in defs.resolve_asset_graph().materializable_asset_keys
                               if result.get_num_requested(k)})
-        monday = {"classifiers": 6, "baselines": 1, "benchmark_report": 1}
+        graph = defs.resolve_asset_graph()
+        # the models and everything computed from them (report, routing threshold, ...), every partition
+        monday = {k.to_user_string(): len(graph.get(k).partitions_def.get_partition_keys())
+                  if graph.get(k).partitions_def else 1 for k in RETRAIN.resolve(graph)}
+        assert {"classifiers": 6, "baselines": 1, "benchmark_report": 1}.items() <= monday.items()
         assert requested == [{}, {}, {}, monday, {}, {}, monday]
 
 
@@ -119,3 +123,32 @@ def test_automation_is_registered_and_stopped_by_default():
         assert defs.resolve_sensor_def(name).default_status == DefaultSensorStatus.STOPPED
     assert weekly_retraining.name == "weekly_retraining"
     assert raw_export_drop.name == "raw_export_drop"
+
+
+def test_retrained_model_becomes_champion_only_if_better_and_the_decision_is_in_mlflow(tmp_path):
+    """What every (weekly or sensor-triggered) `classifiers` materialisation does after training."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from pipelines.train import REGISTERED_MODEL, _use, register_champion
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    _use(uri)
+
+    def trained(val_hf1: float) -> str:  # a run holding a (tiny, real) model file, as classifiers logs one
+        with mlflow.start_run() as run:
+            mlflow.log_metric("val_hF1", val_hf1)
+            mlflow.log_dict({"weights": [val_hf1]}, "model/model.json")
+        return run.info.run_id
+
+    runs = [trained(v) for v in (0.60, 0.55, 0.60, 0.62)]
+    promoted = [register_champion(r, v, tracking_uri=uri) for r, v in zip(runs, (0.60, 0.55, 0.60, 0.62))]
+    assert promoted == [True, False, False, True]  # a tie is not an improvement
+    client = MlflowClient(uri, registry_uri=uri)
+    assert str(client.get_model_version_by_alias(REGISTERED_MODEL, "champion").version) == "4"
+    decisions = [client.get_model_version(REGISTERED_MODEL, str(v)).tags["champion_decision"] for v in range(1, 5)]
+    assert decisions[0] == "promoted: val_hF1 0.600000, no champion yet"
+    assert decisions[1] == "not promoted: val_hF1 0.550000 <= champion version 1 0.600000"
+    assert decisions[2] == "not promoted: val_hF1 0.600000 <= champion version 1 0.600000"
+    assert decisions[3] == "promoted: val_hF1 0.620000 > champion version 1 0.600000"
+    assert [client.get_run(r).data.tags["champion_decision"] for r in runs] == decisions  # also on each run

@@ -7,6 +7,7 @@ from dagster import (AllPartitionMapping, AssetCheckResult, AssetExecutionContex
                      MetadataValue, Output, StaticPartitionsDefinition, asset, asset_check)
 
 from orchestration.resources import ProdcatPaths
+from pipelines import config
 from pipelines.train import STRATEGIES
 
 strategy_partitions = StaticPartitionsDefinition(STRATEGIES)
@@ -33,13 +34,13 @@ def classifiers(context: AssetExecutionContext, paths: ProdcatPaths, catalogue: 
     from pipelines.taxonomy import load_taxonomy
     from pipelines.train import log_run, register_champion, strategy_config, train_classifier
 
-    strategy, work = context.partition_key, paths.work()
+    strategy, work, seed = context.partition_key, paths.work(), config.seed()
     taxonomy = load_taxonomy()
     features, available, labels, split, platforms = training_data(
         catalogue, {"text": text, "image": image, "joint": joint, "lexical": lexical}, work)
     res = train_classifier(strategy, features, available, labels, split, taxonomy, paths.work("models", strategy),
-                           platforms=platforms)
-    run_id = log_run(res, strategy_config(strategy), taxonomy=taxonomy, labels=labels)
+                           seed=seed, platforms=platforms)
+    run_id = log_run(res, strategy_config(strategy) | {"seed": seed}, taxonomy=taxonomy, labels=labels)
     promoted = register_champion(run_id, res.val["hF1"])
     row = pd.DataFrame([{"strategy": strategy, "model_dir": str(res.model_dir), "run_id": run_id,
                          "champion": promoted, "metrics": json.dumps(_metrics_row(res), default=float)}])
@@ -60,7 +61,7 @@ def baselines(paths: ProdcatPaths, catalogue: pd.DataFrame, text: dict, image: d
     from pipelines.taxonomy import load_taxonomy
 
     features, available, *_ = training_data(catalogue, {"text": text, "image": image, "joint": joint}, paths.work())
-    results = run_baselines(catalogue, features, available, load_taxonomy())
+    results = run_baselines(catalogue, features, available, load_taxonomy(), seed=config.seed())
     table = pd.DataFrame([{"name": k, "metrics": json.dumps(v, default=float)} for k, v in results.items()])
     return Output(table, metadata={f"{k}_test_hF1": round(v["test"]["hF1"], 4) for k, v in results.items()}
                   | {f"{k}_val_hF1": round(v["val"]["hF1"], 4) for k, v in results.items()})

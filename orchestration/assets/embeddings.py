@@ -30,10 +30,15 @@ def _embedding_output(context, paths, modality, platform, manifest, matrix):
 
 
 def _embed(context, paths, encoders, modality, products):
+    from pipelines.distributed import cluster_client, embed_products_distributed
     from pipelines.embed_store import embed_products
 
     spec = encoders.text if modality == "text" else encoders.image
-    manifest, matrix = embed_products(products, modality, spec, paths.work("store"))
+    with cluster_client() as client:  # on the dask executor or with PRODCAT_DASK_SCHEDULER: shards over the cluster
+        if client is None:
+            manifest, matrix = embed_products(products, modality, spec, paths.work("store"))
+        else:
+            manifest, matrix = embed_products_distributed(products, modality, spec, paths.work("store"), client)
     return _embedding_output(context, paths, modality, context.partition_key, manifest, matrix)
 
 

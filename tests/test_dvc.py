@@ -1,0 +1,185 @@
+"""dvc.yaml drives the same code as Dagster: its stages, deps, params and outputs agree with pipelines.stages,
+params.yaml and what the stages really write. The full `dvc repro` in a clone is `slow` (make test-slow)."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines import stages
+from pipelines.config import ROOT, SAMPLE_DIR
+from pipelines.train import STRATEGIES
+
+DVC = ROOT / ".venv-dvc" / "bin" / "dvc"
+
+
+def _resolved(text: str, params: dict) -> str:
+    """DVC's ${a.b} templating against params.yaml."""
+    def value(match):
+        node = params
+        for part in match.group(1).split("."):
+            node = node[part]
+        return str(node)
+
+    return re.sub(r"\$\{([^}]+)\}", value, text)
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    params = stages.load_params()
+    return yaml.safe_load(_resolved((ROOT / "dvc.yaml").read_text(), params)), params
+
+
+def _paths(entries) -> list[str]:
+    return [next(iter(e)) if isinstance(e, dict) else e for e in entries or []]
+
+
+def _outs(stage: dict) -> list[str]:
+    return _paths(stage.get("outs")) + _paths(stage.get("metrics")) + _paths(stage.get("plots"))
+
+
+def test_every_stage_runs_a_pipelines_stage_covering_the_main_job(pipeline):
+    from orchestration.definitions import defs
+    from orchestration.jobs import main_job_stages, stage_assets
+
+    dvc, _ = pipeline
+    for name, stage in dvc["stages"].items():
+        assert stage["cmd"] == f"python -m pipelines.stages {name}" and name in stages.STAGES
+    main_job = set().union(*(stage_assets(defs, selection) for selection, _ in main_job_stages()))
+    covered = set().union(*(stages.STAGES[name] for name in dvc["stages"]))
+    # each DVC stage names real assets, and together they run every asset of the main job but the pending ones
+    assert covered <= main_job
+    assert main_job - covered == set().union(*(set(stages.STAGES[s]) for s in stages.STAGES
+                                               if s not in dvc["stages"])) & main_job
+
+
+def test_deps_exist_or_come_from_an_earlier_stage(pipeline):
+    dvc, _ = pipeline
+    produced = set()
+    for name, stage in dvc["stages"].items():  # dvc.yaml lists stages in dependency order
+        for dep in stage["deps"]:
+            assert (ROOT / dep).exists() or dep in produced, f"{name}: dependency {dep} neither exists nor is produced"
+        produced |= set(_outs(stage))
+    for name, stage in dvc["stages"].items():
+        for out in _outs(stage):
+            assert out.startswith(dvc_work(pipeline)), f"{name}: output {out} outside data.work"
+
+
+def dvc_work(pipeline) -> str:
+    return pipeline[1]["data"]["work"] + "/"
+
+
+def test_declared_params_exist_and_the_code_reads_them(pipeline, monkeypatch):
+    from orchestration.assets.embeddings import EncoderChoice
+    from pipelines import config
+    from pipelines.train import STRATEGY_DIR
+
+    dvc, params = pipeline
+    for name, stage in dvc["stages"].items():
+        for entry in stage.get("params", []):
+            if isinstance(entry, dict):  # {file: None}: every key of another YAML file (strategy configs)
+                assert all((ROOT / f).is_file() and Path(ROOT / f).parent == STRATEGY_DIR for f in entry)
+                continue
+            node = params
+            for part in entry.split("."):
+                assert part in node, f"{name}: param {entry} missing from params.yaml"
+                node = node[part]
+    strategy_files = {f for s in dvc["stages"].values() for e in s.get("params", []) if isinstance(e, dict) for f in e}
+    assert {Path(f).stem for f in strategy_files} >= set(STRATEGIES)
+
+    # defaults: `dvc repro` and `prodcat run` make the same run
+    for var in ("PRODCAT_DATA", "PRODCAT_WORK", "PRODCAT_SEED"):
+        monkeypatch.setenv(var, "")  # remembered, so apply_params' values are undone after the test
+        monkeypatch.delenv(var)
+    assert config.seed() == params["train"]["seed"] and (ROOT / params["data"]["raw"]).resolve() == SAMPLE_DIR
+    assert (ROOT / params["data"]["work"]).resolve() == config.work_dir()
+    assert (EncoderChoice().text, EncoderChoice().image) == (params["embed"]["text_encoder"],
+                                                             params["embed"]["image_encoder"])
+    # each value reaches the code
+    changed = {**params, "train": {"seed": 7}, "data": {"raw": str(SAMPLE_DIR), "work": "/tmp/prodcat-x"},
+               "embed": {"text_encoder": "roberta-base", "image_encoder": "vit-base"}}
+    settings = stages.apply_params(changed)
+    assert config.seed() == 7 and config.data_root() == SAMPLE_DIR and config.work_dir() == Path("/tmp/prodcat-x")
+    defs = stages.definitions(settings)
+    assert (defs.resources["encoders"].text, defs.resources["encoders"].image) == ("roberta-base", "vit-base")
+    assert defs.resources["paths"].work_dir == "/tmp/prodcat-x"
+
+
+def test_bad_params_fail_with_a_clear_message(tmp_path, capsys):
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump({"data": {"raw": "data/sample", "work": "w"}, "embed": {"text_encoder": "minilm"},
+                                   "train": {"seed": 0}}))
+    with pytest.raises(ValueError, match="section 'embed' must hold exactly"):
+        stages.load_params(bad)
+    bad.write_text(yaml.safe_dump({"data": {"raw": "no/such/dir", "work": "w"}, "train": {"seed": 0},
+                                   "embed": {"text_encoder": "minilm", "image_encoder": "efficientnet-lite0"}}))
+    assert stages.main(["normalise", "--params", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "data.raw" in err and "not a directory" in err
+
+
+def test_normalise_stage_writes_exactly_its_declared_outputs(pipeline, tmp_path, monkeypatch):
+    from dagster import DagsterInstance
+
+    dvc, params = pipeline
+    for var in ("PRODCAT_DATA", "PRODCAT_WORK", "PRODCAT_SEED"):
+        monkeypatch.setenv(var, "0")  # restored after the test (apply_params overwrites them)
+    work = tmp_path / "work"
+    local = {**params, "data": {"raw": str(SAMPLE_DIR), "work": str(work)}}
+    with DagsterInstance.ephemeral() as instance:
+        summary = stages.run("normalise", local, instance=instance, log=lambda _: None)
+    assert {k.split("[")[0] for k in summary} == set(stages.STAGES["normalise"])
+    declared = {out[len(dvc_work(pipeline)):] for out in _outs(dvc["stages"]["normalise"])}
+    files = [p.relative_to(work).as_posix() for p in work.rglob("*") if p.is_file()]
+    undeclared = [f for f in files if not any(f == d or f.startswith(d + "/") for d in declared)]
+    assert files and not undeclared, f"written but not a DVC output of normalise: {undeclared}"
+    assert all((work / d).exists() for d in declared)
+    assert sum(json.loads((work / "normalized" / p / "coverage.json").read_text())["rows_normalised"]
+               for p in os.listdir(work / "normalized")) == summary["catalogue"]["rows"]
+
+
+@pytest.mark.slow
+def test_dvc_repro_and_an_experiment_in_a_clone(tmp_path):
+    """A clone of the working tree: `dvc repro` builds the report, `dvc exp run -S train.seed=1` re-runs train and
+    report only and records the new seed and metrics (~10 min on the sample)."""
+    assert DVC.exists(), "run `make .venv-dvc/.installed` first"
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True,
+                           capture_output=True, text=True).stdout.split("\n")
+    for rel in filter(None, files):
+        if (ROOT / rel).is_file():
+            (clone / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, clone / rel)
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run(git + ["add", "-A"], cwd=clone, check=True)
+    subprocess.run(git + ["commit", "-qm", "working tree"], cwd=clone, check=True)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+               DAGSTER_HOME=str(clone / ".dagster_home"))
+    for var in ("PRODCAT_DATA", "PRODCAT_WORK", "PRODCAT_SEED", "MLFLOW_TRACKING_URI"):
+        env.pop(var, None)
+    dvc = lambda *args: subprocess.run([str(DVC), *args], cwd=clone, env=env, check=True, capture_output=True,
+                                       text=True).stdout
+    dvc("repro")
+    report = json.loads((clone / "work" / "sample" / "report" / "benchmark.json").read_text())
+    assert {f"model_{s}" for s in STRATEGIES} <= set(report["results"])
+    assert "up to date" in dvc("status").lower()
+    ran = dvc("exp", "run", "-S", "train.seed=1")
+    assert "Running stage 'train'" in ran and "Running stage 'embed'" not in ran
+    shown = json.loads(dvc("exp", "show", "--json"))
+    assert "1" in json.dumps(shown) and "hF1" in json.dumps(shown)
+
+
+def test_plot_rows_share_their_fields(tmp_path):
+    """DVC's renderer needs the same keys in every row; models report ECE, baselines do not."""
+    (tmp_path / "benchmark.json").write_text(json.dumps({"meta": {}, "results": {
+        "model_text": {"test": {"hF1": 0.9, "ECE": 0.1, "acc_L1": 0.95}, "val": {"hF1": 0.91}},
+        "baseline_tfidf_svm": {"test": {"hF1": 0.8, "acc_L1": 0.9}, "val": {"hF1": 0.85}}}}))
+    rows = json.loads(stages.write_scores(tmp_path).read_text())
+    assert rows == [{"model": "baseline_tfidf_svm", "acc_L1": 0.9, "hF1": 0.8},
+                    {"model": "model_text", "acc_L1": 0.95, "hF1": 0.9}]

@@ -1,0 +1,195 @@
+"""Recategorisation: metrics on known answers, the cascade, a real small run on the sample through Dagster
+(SimCLR -> UMAP -> cascade HDBSCAN -> proposals, report), and accepting proposals into a new taxonomy version."""
+import hashlib
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines import recategorise as R
+
+SMALL = {"simclr": {"epochs": 2, "image_views": 2, "image_size": 64, "batch_size": 64, "max_train_products": 150},
+         "umap": {"n_neighbors": 15, "view_neighbors": 15}, "proposals": {"grid": 8, "thumb": 48}}
+
+
+def test_metrics_on_known_answers():
+    truth = np.array(["a"] * 5 + ["b"] * 3 + ["c"] * 2)
+    perfect = np.array([2] * 5 + [0] * 3 + [1] * 2)  # cluster ids need not match label names
+    m = R.cluster_metrics(truth, perfect)
+    assert (m["purity"], m["nmi"], m["ari"]) == (1.0, 1.0, 1.0)
+    one = R.cluster_metrics(truth, np.zeros(10, int))  # everything in one cluster: purity = majority share
+    assert one["purity"] == one["majority_share"] == 0.5 and one["nmi"] == 0.0 and one["ari"] == 0.0
+    # per shop against its own vocabulary; overall purity counts each shop's majority label per cluster
+    platforms = np.array(["x"] * 6 + ["y"] * 4)
+    labels = pd.Series(["s"] * 3 + ["t"] * 3 + ["u"] * 4)
+    pred = np.array([0, 0, 0, 0, 1, 1, 0, 0, 1, 1])
+    ev = R.evaluate(platforms, labels, pred)
+    assert ev["x"]["purity"] == pytest.approx(5 / 6, abs=1e-4) and ev["y"]["purity"] == 1.0
+    assert ev["overall"]["purity"] == pytest.approx(9 / 10, abs=1e-4)
+    assert ev["overall"]["nmi"] == pytest.approx(0.6 * ev["x"]["nmi"] + 0.4 * ev["y"]["nmi"], abs=1e-4)
+    # noise (-1) left out on request, unlabelled products always
+    labels[9] = None
+    ev = R.evaluate(platforms, labels, np.array([0, 0, 0, -1, 1, 1, 0, 0, 1, 1]), drop_noise=True)
+    assert ev["overall"]["n"] == 8
+
+
+def test_nt_xent_rewards_matching_views():
+    import math
+
+    import torch
+
+    from models.simclr import nt_xent
+
+    z = torch.eye(8)  # 8 products, views identical and orthogonal to every other product: positive logit 1/0.2,
+    # the 14 negatives 0 -> loss log(1 + 14 e^-5)
+    assert nt_xent(z, z, temperature=0.2).item() == pytest.approx(math.log(1 + 14 * math.exp(-5)), abs=1e-4)
+    shuffled = nt_xent(z, z[torch.randperm(8, generator=torch.Generator().manual_seed(0))], 0.2).item()
+    assert shuffled > 1.0
+    flat = nt_xent(torch.ones(8, 4), torch.ones(8, 4)).item()  # all views alike: chance over 2N-1 candidates
+    assert flat == pytest.approx(math.log(15), abs=1e-4)
+
+
+def test_cascade_finds_nested_groups_and_kmeans_baseline_on_blobs():
+    rng = np.random.default_rng(0)
+    centres = np.array([[0, 0], [0.9, 0], [10, 10], [10, -10]], dtype=float)  # two close groups inside one
+    truth = np.repeat(np.arange(4), 60)
+    x = (centres[truth] + rng.normal(scale=0.15, size=(240, 2))).astype(np.float32)
+    cc = R.scaled_cascade(R.load_config()["cascade"] | {"min_cluster_size": 15, "min_samples": 5, "max_share": 0.4,
+                                                        "min_cohesion": 0.0, "reembed": False}, len(x))
+    casc = R.cascade_cluster(x, x, cc)
+    found = casc["labels"]
+    assert (found < 0).mean() < 0.2 and casc["steps"][0]["cluster"] == "node"
+    clustered = found >= 0
+    assert R.purity(truth[clustered], found[clustered]) > 0.95
+    assert len(set(found[clustered])) >= 4
+    km = R.kmeans_labels(x, 4)
+    assert R.cluster_metrics(truth, km)["purity"] > 0.95
+
+
+def test_candidate_scores_and_dispersion_sample():
+    from pipelines.config import SAMPLE_DIR
+    from pipelines.taxonomy import load_taxonomy
+
+    products = R.load_products(SAMPLE_DIR)
+    rows = R.dispersion_rows(products, 5)
+    per_node = products.iloc[rows]["category_path"].map(tuple).value_counts()
+    assert per_node.max() <= 5 and len(per_node) == products["category_path"].map(tuple).nunique()
+    rng = np.random.default_rng(0)
+    emb = np.full((len(products), 8), np.nan, np.float32)
+    emb[rows] = rng.normal(size=(len(rows), 8))
+    cand = R.candidate_nodes(products, emb, load_taxonomy())
+    shallow = cand[cand["configured_shallow"]]
+    assert set(shallow["node"]) == {"Footwear > Shoes", "Accessories > Bags"} and shallow["candidate"].all()
+    assert cand["score"].between(0, 1).all()
+    assert cand.loc[cand["size"] >= 2, "dispersion"].notna().all()  # one product has no dispersion
+
+
+@pytest.fixture(scope="module")
+def dagster_run(tmp_path_factory):
+    """recategorisation_clusters for both shallow nodes of the sample, then recategorisation_report (real run)."""
+    from dagster import AssetSelection, DagsterInstance
+
+    from orchestration.definitions import build_definitions
+    from orchestration.jobs import _definitions_parts
+    from pipelines.config import SAMPLE_DIR
+
+    work = tmp_path_factory.mktemp("recat") / "work"
+    catalogue = R.load_products(SAMPLE_DIR)
+    catalogue.insert(0, "uid", catalogue["platform"] + ":" + catalogue["product_id"].astype(str))
+    (work / "assets" / "catalogue").mkdir(parents=True)
+    catalogue.to_parquet(work / "assets" / "catalogue" / "all.parquet", index=False)  # upstream, not re-run
+    defs = build_definitions(data_root=str(SAMPLE_DIR), work_dir=str(work))
+    assets, resources = _definitions_parts(defs)
+    instance = DagsterInstance.ephemeral()
+    from dagster import materialize
+
+    run_config = {"ops": {"recategorisation_clusters": {"config": {"overrides": json.dumps(SMALL)}}}}
+    results = {}
+    for key in ("Footwear>Shoes", "Accessories>Bags"):
+        res = materialize(assets, selection=AssetSelection.assets("recategorisation_clusters"), instance=instance,
+                          resources=resources, partition_key=key, run_config=run_config)
+        results[key] = res.get_asset_materialization_events()[0].materialization
+    few = {"ops": {"recategorisation_report": {"config": {"overrides": '{"candidates": {"dispersion_sample": 10}}'}}}}
+    report = materialize(assets, selection=AssetSelection.assets("recategorisation_report"), instance=instance,
+                         resources=resources, run_config=few)
+    return {"work": work, "clusters": results, "report": report, "catalogue": catalogue}
+
+
+def test_dagster_assets_cluster_score_and_plot(dagster_run):
+    shoes = dagster_run["clusters"]["Footwear>Shoes"]
+    meta = {k: v.value for k, v in shoes.metadata.items()}
+    assert meta["products"] == 194 and meta["clusters"] >= 2
+    for k in ("purity", "nmi", "ari", "kmeans_purity", "kmeans_nmi", "kmeans_ari", "noise_share"):
+        assert 0 <= meta[k] <= 1 or k in ("ari", "kmeans_ari"), (k, meta[k])
+    assert "data:image/jpeg;base64," in meta["umap"] and "data:image/jpeg;base64," in meta["proposals"]
+    node_dir = dagster_run["work"] / "recategorisation" / "footwear_shoes"
+    result = json.loads((node_dir / "result.json").read_text())
+    # noise is reported and the baseline used the same k as the cascade
+    assert result["noise"]["count"] >= 0 and result["n_clusters"] == meta["clusters"]
+    assert result["metrics"]["baseline_kmeans_raw"]["all"]["overall"]["n_clusters"] == meta["clusters"]
+    assert result["metrics"]["raw_features"] == "text+image"
+    clusters = pd.read_csv(node_dir / "clusters.csv")
+    assert clusters["size"].sum() + result["noise"]["count"] == 194 and clusters["name"].is_unique
+    assert all((node_dir / "grids" / f"cluster_{c}.png").exists() for c in clusters["cluster_id"]
+               if isinstance(clusters.set_index("cluster_id").at[c, "image_grid"], str))
+
+
+def test_html_reports_open_with_inline_plots(dagster_run):
+    out = dagster_run["work"] / "recategorisation"
+    page = (out / "footwear_shoes" / "report.html").read_text()
+    images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) >= 2  # the UMAP view and at least one image grid, embedded
+    import base64
+
+    assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+    index = (out / "index.html").read_text()
+    for href in re.findall(r'href="([^"]+)"', index):
+        assert (out / href).exists(), href
+    assert "Footwear &gt; Shoes" in index and "Accessories &gt; Bags" in index
+    cand = dagster_run["report"].output_for_node("recategorisation_report")
+    assert cand.loc[cand["configured_shallow"], "candidate"].all() and "score" in cand
+
+
+def test_accept_writes_a_new_version_and_relabels(dagster_run, tmp_path):
+    from pipelines.cli import main
+    from pipelines.config import MAPPINGS_DIR, TAXONOMY_PATH
+    from pipelines.taxonomy import load_taxonomy, parse_path
+
+    before = hashlib.sha256(TAXONOMY_PATH.read_bytes()).hexdigest()
+    report = dagster_run["work"] / "recategorisation"
+    clusters = pd.read_csv(report / "footwear_shoes" / "clusters.csv")
+    ids = clusters["cluster_id"].tolist()[:2]
+    out = tmp_path / "taxonomy.v2.yaml"
+    args = ["taxonomy", "accept", "--report", str(report), "--node", "Footwear > Shoes", "--out", str(out),
+            "--clusters", *map(str, ids), "--names", "Sneakers Proposal", "Heels Proposal"]
+    assert main(args) == 0
+    assert hashlib.sha256(TAXONOMY_PATH.read_bytes()).hexdigest() == before  # the old version is untouched
+    old, new = load_taxonomy(), load_taxonomy(out)
+    assert new.version == old.version + 1 and set(old.nodes) <= set(new.nodes)
+    added = set(new.nodes) - set(old.nodes)
+    assert added == {("Footwear", "Shoes", "Sneakers Proposal"), ("Footwear", "Shoes", "Heels Proposal")}
+    assert all(new.is_leaf(n) for n in added) and ("Footwear", "Shoes") not in new.shallow
+    for f in MAPPINGS_DIR.glob("*.csv"):  # old mappings stay valid under the new version
+        targets = pd.read_csv(f)["category_path"].dropna()
+        assert all(parse_path(t) in new for t in targets if t.strip()), f
+    relabelled = pd.read_parquet(tmp_path / "taxonomy.v2.relabelled.parquet")
+    assignments = pd.read_parquet(report / "footwear_shoes" / "assignments.parquet")
+    assert len(relabelled) == len(assignments) == 194
+    for cid, name in zip(ids, ["Sneakers Proposal", "Heels Proposal"]):
+        moved = relabelled[relabelled["cluster"] == cid]
+        assert len(moved) == int(clusters.set_index("cluster_id").at[cid, "size"])
+        assert (moved["category_path"] == f"Footwear > Shoes > {name}").all() and moved["relabelled"].all()
+    stay = relabelled[~relabelled["cluster"].isin(ids)]
+    assert (stay["category_path"] == "Footwear > Shoes").all() and not stay["relabelled"].any()
+    # immutable versions, unknown clusters: clear errors, no traceback
+    assert main(args) == 2
+    assert main([*args[:-6], "--out", str(tmp_path / "v3.yaml"), "--clusters", "999"]) == 2
+
+
+def test_cli_rejects_an_unknown_node(tmp_path, capsys):
+    from pipelines.cli import main
+
+    assert main(["recategorise", "--data", "sample", "--out", str(tmp_path), "--node", "Footwear > Nope"]) == 2
+    assert "not in the taxonomy" in capsys.readouterr().err
