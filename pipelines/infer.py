@@ -235,14 +235,14 @@ def weights_sha(model_dir) -> str:
 # ---- stage-1 training ------------------------------------------------------------------------------------------
 
 def train_stage1(features: dict, available: dict, labels: list, split, taxonomy, out_dir, platforms=None,
-                 max_epochs: int | None = None, tracking_uri: str | None = None) -> dict:
+                 max_epochs: int | None = None, tracking_uri: str | None = None, seed: int = 0) -> dict:
     """Train stage 1 on the lexical view, calibrate it on validation, write calibration.json; -> summary."""
     from pipelines.train import load_model, train_classifier
 
     cfg = stage1_config()
     (Path(out_dir) / "routing.json").unlink(missing_ok=True)  # a threshold belongs to the model it was chosen for
     res = train_classifier(cfg, features, available, labels, split, taxonomy, out_dir, max_epochs=max_epochs,
-                           platforms=platforms, mlflow_tracking_uri=tracking_uri)
+                           platforms=platforms, mlflow_tracking_uri=tracking_uri, seed=seed)
     model = load_model(res.model_dir)
     val = np.flatnonzero(np.asarray(split) == "val")
     cal = calibrate(model, {m: features[m][val] for m in model.modalities},

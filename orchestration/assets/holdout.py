@@ -15,6 +15,7 @@ from dagster import (AllPartitionMapping, AssetExecutionContext, AssetIn, DataVe
 from orchestration.assets.classifiers import strategy_partitions
 from orchestration.partitions import platform_partitions
 from orchestration.resources import ProdcatPaths
+from pipelines import config
 from pipelines.config import PLATFORMS
 
 FROZEN = ("text", "image", "joint")
@@ -66,7 +67,8 @@ def holdout_evaluations(context: AssetExecutionContext, paths: ProdcatPaths, tra
     keys = context.partition_key.keys_by_dimension
     holdout, strategy = keys["holdout"], keys["strategy"]
     res = evaluate_holdout(training_set["dir"].iloc[0], products, {"text": text, "image": image, "joint": joint},
-                           strategy, paths.work(), load_taxonomy(), paths.work("holdout", holdout, strategy))
+                           strategy, paths.work(), load_taxonomy(), paths.work("holdout", holdout, strategy),
+                           seed=config.seed())
     blob = json.dumps(res, default=float, sort_keys=True)
     test, every = res["test"], res["all"]
     return Output(pd.DataFrame([{"holdout": holdout, "strategy": strategy, "result": blob}]),
@@ -92,7 +94,8 @@ def holdout_fewshot(context: AssetExecutionContext, paths: ProdcatPaths, trainin
     holdout = context.partition_key
     curve = few_shot_curve(training_set["dir"].iloc[0], products, {"text": text, "image": image, "joint": joint},
                            cfg["fewshot"]["strategy"], paths.work(), load_taxonomy(),
-                           paths.work("holdout", holdout, "fewshot"), cfg["fewshot"]["fractions"], cfg)
+                           paths.work("holdout", holdout, "fewshot"), cfg["fewshot"]["fractions"], cfg,
+                           seed=config.seed())
     table = pd.DataFrame(curve).assign(holdout=holdout, strategy=cfg["fewshot"]["strategy"])
     return Output(table, metadata={"curve": MetadataValue.md(table.to_markdown(index=False))})
 

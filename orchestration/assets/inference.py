@@ -18,12 +18,13 @@ SECTION_START, SECTION_END = "<!-- two-stage:start -->", "<!-- two-stage:end -->
                    "temperature-calibrated per level on validation.")
 def stage1_model(paths: ProdcatPaths, catalogue: pd.DataFrame, lexical: dict) -> Output[pd.DataFrame]:
     from pipelines.benchmark import training_data
+    from pipelines import config
     from pipelines.infer import train_stage1
     from pipelines.taxonomy import load_taxonomy
 
     features, available, labels, split, platforms = training_data(catalogue, {"lexical": lexical}, paths.work())
     res = train_stage1(features, available, labels, split, load_taxonomy(), paths.work("models", "stage1"),
-                       platforms=platforms)
+                       platforms=platforms, seed=config.seed())
     cal = res["calibration"]
     weights = (paths.work("models", "stage1") / "model.safetensors").read_bytes()
     digest = hashlib.sha256(weights + json.dumps(cal["temperatures"]).encode()).hexdigest()[:16]
