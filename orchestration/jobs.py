@@ -96,7 +96,7 @@ def run_main(defs=None, instance=None, log=print, only: set[str] | None = None, 
                 m = mat.materialization
                 name = m.asset_key.to_user_string() + (f"[{m.partition}]" if m.partition else "")
                 summary[name] = {k: v.value for k, v in m.metadata.items() if isinstance(v.value, (int, float, str))
-                                 and k != "path" and "\n" not in str(v.value)}
+                                 and k != "path" and "\n" not in str(v.value) and len(str(v.value)) < 300}
                 log(f"materialised {name}: " + ", ".join(f"{k}={v}" for k, v in summary[name].items()))
             for check in result.get_asset_check_evaluations():
                 log(f"  check {check.check_name}[{key or '-'}]: {'passed' if check.passed else 'FAILED'}")

@@ -258,9 +258,11 @@ def heatmap(report: dict, out_png) -> Path:
     s, h = report["strategies"], report["holdouts"]
     grid = np.array([[np.nan if report["matrix_test"][a][b] is None else 100 * report["matrix_test"][a][b]
                       for b in h] for a in s])
-    fig, ax = plt.subplots(figsize=(1.6 * len(h) + 2.5, 0.5 * len(s) + 1.5))
-    im = ax.imshow(grid, cmap="RdYlGn", vmin=max(0, np.nanmin(grid) - 5) if np.isfinite(grid).any() else 0, vmax=100)
-    ax.set_xticks(range(len(h)), [f"unseen: {x}" for x in h])
+    fig, ax = plt.subplots(figsize=(1.4 * len(h) + 3.5, 0.45 * len(s) + 2.0))
+    im = ax.imshow(grid, cmap="RdYlGn", vmin=max(0, np.nanmin(grid) - 5) if np.isfinite(grid).any() else 0, vmax=100,
+                   aspect="auto")
+    ax.set_xticks(range(len(h)), h)
+    ax.set_xlabel("unseen shop (trained on the others)")
     ax.set_yticks(range(len(s)), s)
     for i in range(len(s)):
         for j in range(len(h)):
@@ -306,11 +308,12 @@ def report_markdown(report: dict, curves: dict, png_name: str = "holdout_heatmap
     if curves:
         lines += ["", "Few-shot adaptation (test hF1 % on the unseen shop after adding a share of its labelled "
                   "product groups to training):", "",
-                  "| holdout | strategy | " + " | ".join(f"{100 * c['fraction']:g}% ({c['labelled_products']})"
+                  "| holdout | strategy | " + " | ".join(f"{100 * c['fraction']:g}% (labelled products)"
                                                          for c in next(iter(curves.values()))["curve"]) + " |",
                   "|---|---|" + "---|" * len(next(iter(curves.values()))["curve"])]
         for hold, c in sorted(curves.items()):
-            lines.append(f"| {hold} | {c['strategy']} | " + " | ".join(_pct(p["test_hF1"]) for p in c["curve"]) + " |")
+            lines.append(f"| {hold} | {c['strategy']} | " + " | ".join(f"{_pct(p['test_hF1'])} ({p['labelled_products']})"
+                                                                  for p in c["curve"]) + " |")
     if "early" in s and "late" in s:
         e, l_ = report["gap"]["early"], report["gap"]["late"]
         me, ml = report["mean"]["early"], report["mean"]["late"]
@@ -324,6 +327,17 @@ def report_markdown(report: dict, curves: dict, png_name: str = "holdout_heatmap
 
 
 SECTION = "## Cross-platform (leave-one-platform-out)"
+
+
+def replace_section(text: str, section: str) -> str:
+    """Put `section` (which starts with SECTION) in place of the old one, keeping any section that follows it;
+    append it when there is none."""
+    if SECTION not in text:
+        return text.rstrip() + "\n\n" + section
+    head, rest = text.split(SECTION, 1)
+    nxt = rest.find("\n## ")
+    tail = rest[nxt:] if nxt >= 0 else ""
+    return head + section.rstrip() + "\n" + tail
 
 
 def add_to_benchmark_report(cells: list[dict], in_distribution: dict, curves: dict, report_dir) -> tuple:
@@ -344,8 +358,7 @@ def add_to_benchmark_report(cells: list[dict], in_distribution: dict, curves: di
                                                         indent=1, default=float))
     bench_md, bench_json = report_dir / "benchmark.md", report_dir / "benchmark.json"
     if bench_md.exists():
-        text = bench_md.read_text().split(SECTION)[0].rstrip() + "\n\n"
-        bench_md.write_text(text + md)
+        bench_md.write_text(replace_section(bench_md.read_text(), md))
     if bench_json.exists():
         doc = json.loads(bench_json.read_text())
         doc["cross_platform"] = {k: report[k] for k in ("matrix_test", "matrix_all", "levels_test", "mean", "gap")}

@@ -119,9 +119,11 @@ def test_report_matrix_gap_and_heatmap(tmp_path):
     assert report["gap"]["late"] == pytest.approx(0.175)
     assert "| early | 90.00 | 80.00 | 85.00 | 97.00 | 12.00 |" in md and "does not support" not in md
     assert png.exists() and png.stat().st_size > 2000
+    (tmp_path / "benchmark.md").write_text((tmp_path / "benchmark.md").read_text() + "\n## Two-stage\nkept\n")
     add_to_benchmark_report(cells, in_dist, curves, tmp_path)  # rerun replaces the section, no duplicate
     text = (tmp_path / "benchmark.md").read_text()
     assert text.count("## Cross-platform") == 1 and text.startswith("# bench")
+    assert text.rstrip().endswith("## Two-stage\nkept")  # a later section survives the replacement
     assert json.loads((tmp_path / "benchmark.json").read_text())["cross_platform"]["mean"]["late"] == pytest.approx(0.8)
 
 
