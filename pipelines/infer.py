@@ -649,7 +649,7 @@ def tradeoff_markdown(routing: dict) -> str:
     ab = routing["abstention_test"]
     lines = ["## Two-stage inference (stage 1 lexical, stage 2 champion)", "",
              f"Threshold {routing['threshold']:.4f} on stage 1's calibrated path probability, chosen on validation: "
-             f"smallest routed share with hF1 within {100 * v['max_drop']:.1f} points of stage 2 alone "
+             f"smallest routed share with hF1 within {100 * v['max_drop']:.2f} points of stage 2 alone "
              f"(val: {100 * v['routed_share']:.1f}% routed, hF1 {100 * v['hF1_routed']:.2f} vs stage 2 "
              f"{100 * v['hF1_stage2']:.2f}, stage 1 {100 * v['hF1_stage1']:.2f}). "
              f"Test: {100 * t['routed_share']:.1f}% routed, hF1 {100 * t['hF1_routed']:.2f} vs stage 2 "
