@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from dagster import AssetKey, AssetSelection, DagsterInstance, materialize
+from dagster import AssetSelection, DagsterInstance, materialize
 
 from pipelines import config
 

@@ -6,7 +6,6 @@ import resource
 import tempfile
 import time
 
-import numpy as np
 
 
 def _inputs(modality: str, n: int, data: str):

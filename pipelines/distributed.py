@@ -266,23 +266,12 @@ def embed_distributed(items: list, kind: str, spec, store_dir, client, shard_ite
 
 def embed_products_distributed(products, modality: str, spec, store_dir, client, shard_items: int = SHARD_ITEMS):
     """embed_store.embed_products on the cluster: the same (manifest, matrix), attrs included."""
-    import pandas as pd
-
-    from pipelines.embed_store import text_of
+    from pipelines.embed_store import product_items, product_manifest
 
     if modality not in ("text", "image"):
         raise ValueError(f"modality must be 'text' or 'image', got {modality!r}")
-    if modality == "text":
-        items = [text_of(t, d) for t, d in zip(products["title"], products["description"])]
-    else:
-        items = products["image_path"].tolist()
-    result = embed_distributed(items, modality, spec, store_dir, client, shard_items)
-    product_id = products["product_id"].astype(str).to_numpy()
-    platform = products["platform"].astype(str).to_numpy()
-    manifest = pd.DataFrame({"product_id": product_id, "platform": platform,
-                             "uid": [f"{p}:{i}" for p, i in zip(platform, product_id)],
-                             "status": np.where(result.ok, "ok", "failed"), "ok": result.ok,
-                             "error": [e or "" for e in result.errors], "content_hash": result.keys})
+    result = embed_distributed(product_items(products, modality), modality, spec, store_dir, client, shard_items)
+    manifest = product_manifest(products, result)
     manifest.attrs.update(encoder=result.stats["encoder"], dim=int(result.vectors.shape[1]),
                           n_computed=result.n_computed, n_cached=result.n_cached, seconds=round(result.seconds, 2),
                           shards=result.stats["shards"], shards_retried=result.stats["shards_retried"])

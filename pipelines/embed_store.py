@@ -318,30 +318,38 @@ def embed(items: list, encoder, store, kind: str | None = None, num_workers: int
     raise ValueError(f"kind must be 'text' or 'image', got {kind!r}")
 
 
+def product_items(products, modality: str) -> list:
+    """What a product is embedded by: its text (title . description) or its image path."""
+    if modality == "text":
+        return [text_of(t, d) for t, d in zip(products["title"], products["description"])]
+    return products["image_path"].tolist()
+
+
+def product_manifest(products, result):
+    """(uid, ok, error, content hash) per product, in the matrix's row order."""
+    import pandas as pd
+
+    product_id = products["product_id"].astype(str).to_numpy()
+    platform = products["platform"].astype(str).to_numpy()
+    return pd.DataFrame({"product_id": product_id, "platform": platform,
+                         "uid": [f"{p}:{i}" for p, i in zip(platform, product_id)],
+                         "status": np.where(result.ok, "ok", "failed"), "ok": result.ok,
+                         "error": [e or "" for e in result.errors], "content_hash": result.keys})
+
+
 def embed_products(products, modality: str, encoder_cfg, store_dir, num_workers: int | None = None):
     """Embed a product table's text (title . description) or images through the cache.
 
     Returns (manifest, matrix): manifest has one row per product in input order — product_id, platform, uid
     ('platform:product_id'), status ('ok'|'failed'), ok (bool), error ('' when ok), content_hash — and
     attrs {encoder, dim, n_computed, n_cached, seconds}; matrix is float32 [n, dim] with NaN rows where not ok."""
-    import pandas as pd
-
     from pipelines.encoders import load_encoder
 
     if modality not in ("text", "image"):
         raise ValueError(f"modality must be 'text' or 'image', got {modality!r}")
     encoder = load_encoder(encoder_cfg)
-    if modality == "text":
-        items = [text_of(t, d) for t, d in zip(products["title"], products["description"])]
-    else:
-        items = products["image_path"].tolist()
-    result = embed(items, encoder, store_dir, kind=modality, num_workers=num_workers)
-    product_id = products["product_id"].astype(str).to_numpy()
-    platform = products["platform"].astype(str).to_numpy()
-    manifest = pd.DataFrame({"product_id": product_id, "platform": platform,
-                             "uid": [f"{p}:{i}" for p, i in zip(platform, product_id)],
-                             "status": np.where(result.ok, "ok", "failed"), "ok": result.ok,
-                             "error": [e or "" for e in result.errors], "content_hash": result.keys})
+    result = embed(product_items(products, modality), encoder, store_dir, kind=modality, num_workers=num_workers)
+    manifest = product_manifest(products, result)
     manifest.attrs.update(encoder=encoder.key if encoder.modality != "joint" else f"{encoder.key}-{modality}",
                           dim=int(result.vectors.shape[1]), n_computed=result.n_computed, n_cached=result.n_cached,
                           seconds=round(result.seconds, 2))

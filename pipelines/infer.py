@@ -508,39 +508,15 @@ def read_export_unlabelled(platform: str, input_dir) -> tuple[pd.DataFrame, pd.D
     """A raw export through the platform adapter and normalisation's row quarantine (malformed rows, non-UTF-8,
     adapter BadRow, empty title, duplicate id), but without the category mapping: classification needs no label,
     so unknown or unmapped native categories are kept. -> (products, quarantine, rows in)."""
-    from pipelines.normalize import QUARANTINE_COLUMNS
-    from pipelines.platforms import BadRow, get_adapter, read_export
+    from pipelines.normalize import QUARANTINE_COLUMNS, checked_records, quarantine_to
+    from pipelines.platforms import get_adapter
     from pipelines.taxonomy import path_str
 
-    adapter = get_adapter(platform)
-    input_dir = Path(input_dir)
-    products, quarantine, first_line, rows_in = [], [], {}, 0
-
-    def reject(line, reason, rec=None):
-        rec = rec or {}
-        quarantine.append({"platform": platform, "line": line, "product_id": rec.get("product_id"),
-                           "title": rec.get("title"), "native_path": path_str(rec.get("native_path") or []),
-                           "reason": reason, "reason_kind": reason.split(":")[0]})
-
-    for line, row, problem in read_export(input_dir / adapter.EXPORT_FILE, adapter.REQUIRED_COLUMNS):
-        rows_in += 1
-        if problem:
-            reject(line, problem)
-            continue
-        try:
-            rec = adapter.to_record(row, input_dir)
-        except BadRow as e:
-            reject(line, str(e))
-            continue
-        if not rec["title"]:
-            reject(line, "empty title", rec)
-            continue
-        if rec["product_id"] in first_line:
-            reject(line, f"duplicate id (first seen on line {first_line[rec['product_id']]})", rec)
-            continue
-        first_line[rec["product_id"]] = line
+    products, quarantine, counter = [], [], {"rows_in": 0}
+    for _, rec in checked_records(get_adapter(platform), Path(input_dir), quarantine_to(quarantine, platform), counter):
         products.append({k: rec.get(k) for k in ("product_id", "title", "description", "brand", "image_path")}
                         | {"native_path": path_str(rec.get("native_path") or [])})
+    rows_in = counter["rows_in"]
     df = pd.DataFrame(products, columns=["product_id", "title", "description", "brand", "image_path", "native_path"])
     return df, pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS), rows_in
 

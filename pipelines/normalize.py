@@ -63,27 +63,22 @@ def check_images(paths: list, workers: int = 4) -> list[str]:
         return list(pool.map(image_status, paths, chunksize=64))
 
 
-def normalize_platform(platform: str, input_dir: str | Path, taxonomy: Taxonomy | None = None,
-                       mapping: MappingTable | None = None, mapping_path: str | Path | None = None,
-                       verify_images: bool = True) -> NormalizeResult:
-    from pipelines.config import MAPPINGS_DIR
-
-    adapter = get_adapter(platform)
-    input_dir = Path(input_dir)
-    taxonomy = taxonomy or load_taxonomy()
-    mapping = mapping or load_mapping(mapping_path or MAPPINGS_DIR / f"{platform}.csv", taxonomy)
-
-    products, quarantine, first_line = [], [], {}
-    rows_in = 0
-
+def quarantine_to(quarantine: list, platform: str):
+    """-> reject(line, reason, rec=None): appends a quarantine record with its reason."""
     def reject(line, reason, rec=None):
-        quarantine.append({"platform": platform, "line": line, "product_id": (rec or {}).get("product_id"),
-                           "title": (rec or {}).get("title"),
-                           "native_path": path_str((rec or {}).get("native_path") or []),
+        rec = rec or {}
+        quarantine.append({"platform": platform, "line": line, "product_id": rec.get("product_id"),
+                           "title": rec.get("title"), "native_path": path_str(rec.get("native_path") or []),
                            "reason": reason, "reason_kind": reason.split(":")[0]})
+    return reject
 
+
+def checked_records(adapter, input_dir: Path, reject, counter: dict):
+    """The export's rows as adapter records, minus malformed rows, adapter errors, empty titles and duplicate ids
+    (each rejected with its reason). counter["rows_in"] counts every row read. Yields (line, record)."""
+    first_line = {}
     for line, row, problem in read_export(input_dir / adapter.EXPORT_FILE, adapter.REQUIRED_COLUMNS):
-        rows_in += 1
+        counter["rows_in"] += 1
         if problem:
             reject(line, problem)
             continue
@@ -99,6 +94,23 @@ def normalize_platform(platform: str, input_dir: str | Path, taxonomy: Taxonomy 
             reject(line, f"duplicate id (first seen on line {first_line[rec['product_id']]})", rec)
             continue
         first_line[rec["product_id"]] = line
+        yield line, rec
+
+
+def normalize_platform(platform: str, input_dir: str | Path, taxonomy: Taxonomy | None = None,
+                       mapping: MappingTable | None = None, mapping_path: str | Path | None = None,
+                       verify_images: bool = True) -> NormalizeResult:
+    from pipelines.config import MAPPINGS_DIR
+
+    adapter = get_adapter(platform)
+    input_dir = Path(input_dir)
+    taxonomy = taxonomy or load_taxonomy()
+    mapping = mapping or load_mapping(mapping_path or MAPPINGS_DIR / f"{platform}.csv", taxonomy)
+
+    products, quarantine = [], []
+    reject = quarantine_to(quarantine, platform)
+    counter = {"rows_in": 0}
+    for line, rec in checked_records(adapter, input_dir, reject, counter):
         rule = mapping.lookup(rec["native_path"])
         if rule is None:
             reject(line, f"unknown native category: {path_str(rec['native_path'][:4])}", rec)
@@ -120,7 +132,7 @@ def normalize_platform(platform: str, input_dir: str | Path, taxonomy: Taxonomy 
     df["split"] = assign_splits(df["group_id"], platform)
     df = df[PRODUCT_COLUMNS].reset_index(drop=True)
     quarantined = pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS)
-    coverage = coverage_report(platform, rows_in, df, quarantined, mapping)
+    coverage = coverage_report(platform, counter["rows_in"], df, quarantined, mapping)
     assert coverage["rows_in"] == coverage["rows_normalised"] + coverage["rows_quarantined"], coverage
     return NormalizeResult(df, quarantined, coverage)
 
