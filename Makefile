@@ -7,7 +7,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup run test test-slow ui dvc-repro clean-work
+.PHONY: setup browser run test test-slow ui dvc-repro clean-work
 
 $(BIN)/.installed: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,7 +31,11 @@ setup: $(BIN)/.installed
 run: setup
 	$(BIN)/prodcat run
 
-test: setup
+# Debian's chromium for tests/test_browser.py (apt-get; a no-op when /usr/bin/chromium exists)
+browser:
+	bash scripts/install_browser.sh
+
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 test-slow: setup
