@@ -102,19 +102,15 @@ def build_training_set(products: dict, manifests: dict, holdout: str, out_dir, c
     return summary
 
 
-def _assemble(table: pd.DataFrame, manifests: dict, work: Path):
+def _training_features(train_dir: Path, work: Path):
     from pipelines.features import assemble
 
-    return assemble(table, manifests, work)
-
-
-def _training_features(train_dir: Path, work: Path):
     rows = pd.read_parquet(train_dir / "rows.parquet")
     manifests = {}
     for m in FROZEN:
         man = pd.read_parquet(train_dir / f"manifest_{m}.parquet")
         manifests[m] = {p: g.drop(columns="platform").reset_index(drop=True) for p, g in man.groupby("platform")}
-    features, available = _assemble(rows, manifests, work)
+    features, available = assemble(rows, manifests, work)
     features["lexical"] = np.load(train_dir / "lexical.npy")
     available["lexical"] = np.ones(len(rows), bool)
     return rows, features, available
@@ -122,8 +118,9 @@ def _training_features(train_dir: Path, work: Path):
 
 def _holdout_features(train_dir: Path, table: pd.DataFrame, manifests: dict, work: Path, cfg: dict):
     from pipelines import lexical
+    from pipelines.features import assemble
 
-    features, available = _assemble(table, {m: {table["platform"].iloc[0]: manifests[m]} for m in FROZEN}, work)
+    features, available = assemble(table, {m: {table["platform"].iloc[0]: manifests[m]} for m in FROZEN}, work)
     fitted = lexical.load(train_dir)
     texts = lexical_texts(table, cfg["normalise_titles"])
     features["lexical"] = np.concatenate([lexical.transform(fitted["svd"], texts),

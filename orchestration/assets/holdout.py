@@ -3,6 +3,7 @@
 Lineage is exact: holdout p trains on the other shops' products and embeddings (a StaticPartitionMapping from each
 shop to the holdouts that train on it) and evaluates on p's own (identity on the `holdout` dimension), so a change
 in one shop reaches only the partitions that read it, and unchanged data versions recompute nothing."""
+import base64
 import hashlib
 import json
 from pathlib import Path
@@ -116,11 +117,9 @@ def holdout_report(paths: ProdcatPaths, evaluations: dict, fewshot: dict, classi
     for strategy, df in classifiers.items():
         per = json.loads(df["metrics"].iloc[0]).get("per_platform", {})
         in_dist[strategy] = {p: m.get("hF1") for p, m in per.items() if m}
-    curves = {h: df for h, df in fewshot.items()}
-    report, md, png = add_to_benchmark_report(cells, in_dist, curves, paths.work("report"))
+    report, md, png = add_to_benchmark_report(cells, in_dist, fewshot, paths.work("report"))
     table = pd.DataFrame([{"strategy": s, "holdout": h, "test_hF1": v}
                           for s, row in report["matrix_test"].items() for h, v in row.items()])
-    import base64
     img = base64.b64encode(png.read_bytes()).decode()
     return Output(table, metadata={"report": MetadataValue.md(md),
                                    "heatmap": MetadataValue.md(f"![heatmap](data:image/png;base64,{img})"),
