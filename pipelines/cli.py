@@ -21,10 +21,7 @@ def cmd_normalize(args) -> int:
 
 
 def cmd_run(args) -> int:
-    import os
-
-    if args.data:
-        os.environ["PRODCAT_DATA"] = args.data
+    _use_data(args.data)
     from orchestration.jobs import run_main
     from pipelines import config
 
@@ -37,10 +34,9 @@ def cmd_run(args) -> int:
 
 def cmd_benchmark(args) -> int:
     """The whole graph on a data root (default the full benchmark), then the report copied to --out."""
-    import os
     import shutil
 
-    os.environ["PRODCAT_DATA"] = str(Path(args.data).resolve()) if args.data != "sample" else "sample"
+    _use_data(args.data)
     from orchestration.jobs import run_main
     from pipelines import config
 
