@@ -51,26 +51,38 @@ def bare_forward(encoder, products, modality: str) -> float:
 
 
 def main(args) -> int:
+    """Rounds of (bare forward, cold end-to-end into a fresh store, warm re-run), interleaved so that drift in the
+    machine's speed hits both sides of a ratio alike; prints every round and the medians."""
+    import statistics
+
     from pipelines.embed_store import embed_products
     from pipelines.encoders import DEFAULTS, load_encoder
 
     products = _inputs(args.modality, args.n, args.data)
     encoder = load_encoder(DEFAULTS[args.modality])
     encoder.encode(["warm up"]) if args.modality == "text" else None
-    bare = bare_forward(encoder, products, args.modality)
-    with tempfile.TemporaryDirectory() as store:
-        t0 = time.perf_counter()
-        manifest, _ = embed_products(products, args.modality, DEFAULTS[args.modality], store)
-        cold = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        embed_products(products, args.modality, DEFAULTS[args.modality], store)
-        warm = time.perf_counter() - t0
-    computed = manifest.attrs["n_computed"]
-    e2e = computed / cold
+    rounds = []
+    for r in range(max(1, getattr(args, "repeats", 3))):
+        bare = bare_forward(encoder, products, args.modality)
+        with tempfile.TemporaryDirectory() as store:
+            t0 = time.perf_counter()
+            manifest, _ = embed_products(products, args.modality, DEFAULTS[args.modality], store)
+            cold = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            embed_products(products, args.modality, DEFAULTS[args.modality], store)
+            warm = time.perf_counter() - t0
+        computed = manifest.attrs["n_computed"]
+        rounds.append({"bare": bare, "e2e": computed / cold, "cold": cold, "warm": warm})
+        print(f"round {r + 1}: bare {bare:7.1f} items/s | end-to-end {computed / cold:7.1f} items/s "
+              f"(ratio {computed / cold / bare:.3f}) | cold {cold:.2f} s, warm {warm:.3f} s")
+    med = {k: statistics.median(x[k] for x in rounds) for k in rounds[0]}
+    ratio = statistics.median(x["e2e"] / x["bare"] for x in rounds)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"modality={args.modality} items={len(products)} unique_encoded={computed} encoder={encoder.key}")
-    print(f"bare forward      {bare:8.1f} items/s")
-    print(f"end-to-end (cold) {e2e:8.1f} items/s   ratio e2e/bare = {e2e / bare:.3f}")
-    print(f"cold run {cold:.2f} s   warm run {warm:.3f} s   ratio warm/cold = {warm / cold:.4f}")
+    print(f"modality={args.modality} items={len(products)} unique_encoded={computed} encoder={encoder.key} "
+          f"rounds={len(rounds)} (medians below)")
+    print(f"bare forward      {med['bare']:8.1f} items/s")
+    print(f"end-to-end (cold) {med['e2e']:8.1f} items/s   ratio e2e/bare = {ratio:.3f}")
+    print(f"cold run {med['cold']:.2f} s   warm run {med['warm']:.3f} s   ratio warm/cold = "
+          f"{statistics.median(x['warm'] / x['cold'] for x in rounds):.4f}")
     print(f"peak RSS {peak_mb:.0f} MB")
     return 0

@@ -157,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--modality", choices=["text", "image"], default="image")
     b.add_argument("--n", type=int, default=1000)
     b.add_argument("--data", default="sample", help="'sample', 'benchmark' or a raw-export directory")
+    b.add_argument("--repeats", type=int, default=3, help="interleaved rounds; medians are reported")
     b.set_defaults(fn=cmd_bench_embed)
     b = bench.add_parser("capacity", help="per-item costs measured on the sample (1 core) -> workers (CPU/GPU) to "
                                           "embed + classify N products in T hours, full vs two-stage routed")

@@ -54,6 +54,23 @@ def _worker_threads():
         pass
 
 
+def register_sizeof():
+    """dask sizes every task result; Dagster's events (dagster-dask step results) are `@record` tuples that refuse
+    iteration, so dask's generic tuple sizing fails and logs a warning per step. They are small: count them flat."""
+    import sys
+
+    from dagster import DagsterEvent
+    from dask.sizeof import sizeof
+
+    sizeof.register(DagsterEvent)(sys.getsizeof)
+
+
+def dask_setup(worker=None):
+    """Worker preload (`dask worker --preload pipelines.distributed`; set for LocalClusters by
+    orchestration/executors.py)."""
+    register_sizeof()
+
+
 def resident_encoder(spec, kind: str):
     """The encoder for `spec` (name or config dict), loaded once per worker process; a joint encoder gives the
     tower for `kind`, like embed_store.embed does."""
@@ -179,7 +196,8 @@ def local_cluster(n_workers: int = 2, threads_per_worker: int = 1, **kwargs):
     from distributed import LocalCluster
 
     return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
-                        host="127.0.0.1", dashboard_address=kwargs.pop("dashboard_address", ":0"), **kwargs)
+                        host="127.0.0.1", dashboard_address=kwargs.pop("dashboard_address", ":0"),
+                        preload=kwargs.pop("preload", ["pipelines.distributed"]), **kwargs)
 
 
 def shard_resources() -> dict | None:

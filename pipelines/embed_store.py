@@ -235,7 +235,13 @@ class _ImageFiles:
 
 
 def _collate(items):
-    return items
+    """In the worker: one stacked tensor per batch (one shared-memory block to hand over, not one per image),
+    the positions it holds, and the per-item failures."""
+    import torch
+
+    ready = [(i, x) for i, x, err in items if err is None]
+    batch = torch.stack([x for _, x in ready]) if ready else None
+    return [i for i, _ in ready], batch, [(i, err) for i, _, err in items if err is not None]
 
 
 def _is_missing(p) -> bool:
@@ -270,7 +276,6 @@ def loader_workers(num_workers: int | None) -> int:
 def embed_images(paths: list, encoder, store, num_workers: int | None = None) -> EmbedResult:
     """Encode the distinct image files not in the store. One DataLoader (workers decode while the model runs)
     streams batches; a shard is written every CHUNK items."""
-    import torch
     from torch.utils.data import DataLoader
 
     t0 = time.perf_counter()
@@ -287,14 +292,11 @@ def embed_images(paths: list, encoder, store, num_workers: int | None = None) ->
                         num_workers=workers, collate_fn=_collate, prefetch_factor=4 if workers else None)
     writer, bar = _Writer(store), _progress(len(todo_keys), f"embed image [{encoder.key}]")
     failed: dict[str, str] = {}
-    for batch in loader:
-        for i, _, err in batch:
-            if err:
-                failed[todo_keys[i]] = err
-        ready = [(i, x) for i, x, err in batch if err is None]
+    for ready, batch, batch_failed in loader:
+        failed.update((todo_keys[i], err) for i, err in batch_failed)
         if ready:
-            writer.add([todo_keys[i] for i, _ in ready], encoder.encode_tensor(torch.stack([x for _, x in ready])))
-        bar.update(len(batch))
+            writer.add([todo_keys[i] for i in ready], encoder.encode_tensor(batch))
+        bar.update(len(ready) + len(batch_failed))
     writer.flush()
     bar.close()
     errors = [failed.get(k, e) if e is None else e for k, e in zip(keys, errors)]

@@ -350,6 +350,31 @@ def evaluate(platforms: np.ndarray, labels: pd.Series, pred: np.ndarray, drop_no
     return {"overall": overall, **out}
 
 
+def label_agreement(x: np.ndarray, platforms: np.ndarray, labels: pd.Series, k: int = 10) -> dict:
+    """How consistent the native labels are locally: the share of labelled products whose label is the majority
+    label of their k nearest labelled neighbours from the same shop (in `x`). Clusters purer than this need to be
+    about k products small, so it is the reference a purity target should be read against."""
+    from collections import Counter
+
+    from sklearn.neighbors import NearestNeighbors
+
+    y_all = labels.to_numpy()
+    has = labels.notna().to_numpy()
+    out = {}
+    for p in sorted(set(platforms[has])):
+        rows = np.flatnonzero(has & (platforms == p))
+        if len(rows) <= k:
+            continue
+        _, idx = NearestNeighbors(n_neighbors=k + 1).fit(x[rows]).kneighbors(x[rows])
+        y = y_all[rows]
+        majority = np.array([Counter(y[r[1:]]).most_common(1)[0][0] for r in idx], dtype=object)
+        out[p] = {"n": int(len(rows)), "agreement": round(float(np.mean(majority == y)), 4)}
+    n = sum(v["n"] for v in out.values())
+    out["overall"] = {"n": n, "agreement": round(sum(v["n"] * v["agreement"] for v in out.values()) / n, 4)
+                      if n else float("nan")}
+    return out
+
+
 def kmeans_labels(x: np.ndarray, k: int, seed: int = 0, n_init: int = 10) -> np.ndarray:
     from sklearn.cluster import KMeans
 
@@ -584,6 +609,7 @@ def recategorise_node(products_df: pd.DataFrame, node, features: dict, cfg: dict
                "baseline_kmeans_raw": {"all": evaluate(platforms, native, km_raw)},
                "kmeans_simclr": {"all": evaluate(platforms, native, km_simclr)},
                "native_labelled": int(native.notna().sum()),
+               "native_knn_agreement": label_agreement(np.hstack(raw), platforms, native),
                "raw_features": "text" + ("+image" if len(raw) > 1 else "")}
     timings["total_s"] = round(time.perf_counter() - t_start, 1)
 
@@ -639,6 +665,11 @@ def _img_tag(path, width=None) -> str:
     return f'<img src="data:image/png;base64,{data}"' + (f' width="{width}"' if width else "") + ">"
 
 
+def _agreement_text(metrics: dict) -> str:
+    agree = metrics.get("native_knn_agreement", {})
+    return ", ".join(f"{scope} {v['agreement']:.1%}" for scope, v in agree.items()) or "n/a"
+
+
 def _metric_rows(metrics: dict) -> str:
     rows = []
     runs = [("cascade (noise -> nearest cluster)", metrics["method"]["all"]),
@@ -682,6 +713,9 @@ Products left out: {len(result.failures)}. Run time: {html.escape(json.dumps(res
 <p>Native labels were not used to form clusters. Each shop is scored against its own vocabulary; overall = purity over all labelled products (majority label per cluster and shop), NMI/ARI weighted by products per shop.</p>
 <table><tr><th>clustering</th><th>scope</th><th>n</th><th>native labels</th><th>clusters</th><th>purity</th>
 <th>NMI</th><th>ARI</th><th>majority-label share</th></tr>{_metric_rows(result.metrics)}</table>
+<p>How consistent the native labels themselves are: {html.escape(_agreement_text(result.metrics))} of labelled
+products carry the majority label of their 10 nearest same-shop neighbours (raw embeddings). Purity far above this
+needs clusters of about ten products.</p>
 <h2>Clusters (proposals)</h2>
 <table><tr><th>id</th><th>proposed name / distinctive terms</th><th>size</th><th>cohesion</th><th>cascade path</th>
 <th>top native label</th><th>typical products</th><th>images</th></tr>{''.join(cl_rows)}</table>
@@ -804,13 +838,14 @@ padding:3px 6px}}</style></head><body><h1>Recategorisation of shallow taxonomy n
 
 def summary_markdown(summary: dict) -> str:
     lines = ["| node | scope | n | labels | clusters | noise | purity (cascade / k-means raw) | NMI | ARI | "
-             "purity clustered-only | time s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "purity clustered-only | label 10-NN agreement | time s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for node, s in summary.items():
         m = s["metrics"]
         for scope, a in m["method"]["all"].items():
             b, c = m["baseline_kmeans_raw"]["all"][scope], m["method"]["clustered"].get(scope, {})
+            agree = m.get("native_knn_agreement", {}).get(scope, {}).get("agreement", float("nan"))
             lines.append(f"| {node} | {scope} | {a['n']} | {a['n_labels']} | {a['n_clusters']} | "
                          f"{s['noise']['share']:.1%} | {a['purity']:.3f} / {b['purity']:.3f} | "
                          f"{a['nmi']:.3f} / {b['nmi']:.3f} | {a['ari']:.3f} / {b['ari']:.3f} | "
-                         f"{c.get('purity', float('nan')):.3f} | {s['timings']['total_s']} |")
+                         f"{c.get('purity', float('nan')):.3f} | {agree:.3f} | {s['timings']['total_s']} |")
     return "\n".join(lines) + "\n"

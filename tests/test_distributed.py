@@ -132,6 +132,20 @@ def test_dagster_run_on_the_dask_executor_shards_over_the_cluster(engines):
     assert not any(k.startswith("encoder:minilm") for w in run["loads_before"].values() for k in w["loads"])
 
 
+def _dask_size(obj) -> int:
+    from dask.sizeof import sizeof
+
+    return sizeof(obj)
+
+
+def test_workers_size_dagster_step_events(engines, client):
+    """dask sizes each task result; dagster-dask's results are lists of Dagster events, which dask cannot size
+    on its own (a warning per step). The workers' preload registers a size for them."""
+    events = engines["dask"]["results"][1].all_events
+    sizes = client.run(_dask_size, events)  # on every worker of the cluster
+    assert len(sizes) == 2 and all(s > 0 for s in sizes.values())
+
+
 def test_batch_predictions_identical_in_process_and_on_the_cluster(engines, client, tmp_path):
     from pipelines.catalogue import read_products
     from pipelines.distributed import predict_distributed

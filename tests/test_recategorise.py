@@ -14,6 +14,22 @@ SMALL = {"simclr": {"epochs": 2, "image_views": 2, "image_size": 64, "batch_size
          "umap": {"n_neighbors": 15, "view_neighbors": 15}, "proposals": {"grid": 8, "thumb": 48}}
 
 
+def test_label_agreement_measures_how_consistent_native_labels_are():
+    rng = np.random.default_rng(0)
+    x = np.vstack([rng.normal(0, 0.1, (40, 4)), rng.normal(5, 0.1, (40, 4))])
+    platforms = np.array(["x"] * 80)
+    clean = pd.Series(["a"] * 40 + ["b"] * 40)
+    assert R.label_agreement(x, platforms, clean)["overall"]["agreement"] == 1.0
+    noisy = clean.copy()
+    noisy[rng.choice(80, 16, replace=False)] = "c"  # a fifth relabelled at random: their neighbours disagree
+    agree = R.label_agreement(x, platforms, noisy)
+    assert agree["x"]["n"] == 80 and 0.75 <= agree["overall"]["agreement"] <= 0.85
+    # each shop against its own neighbours; unlabelled products are left out
+    two = R.label_agreement(np.vstack([x, x]), np.array(["x"] * 80 + ["y"] * 80),
+                            pd.Series(list(clean) + [None] * 40 + ["b"] * 40))
+    assert two["y"] == {"n": 40, "agreement": 1.0} and two["overall"]["n"] == 120
+
+
 def test_metrics_on_known_answers():
     truth = np.array(["a"] * 5 + ["b"] * 3 + ["c"] * 2)
     perfect = np.array([2] * 5 + [0] * 3 + [1] * 2)  # cluster ids need not match label names

@@ -76,6 +76,7 @@ def recategorisation_clusters(context: AssetExecutionContext, paths: ProdcatPath
         "products": len(res.products), "clusters": len(table), "noise_share": res.noise["share"],
         "purity": method["purity"], "nmi": method["nmi"], "ari": method["ari"],
         "kmeans_purity": base["purity"], "kmeans_nmi": base["nmi"], "kmeans_ari": base["ari"],
+        "native_label_knn_agreement": res.metrics["native_knn_agreement"]["overall"]["agreement"],
         "seconds": res.timings["total_s"], "report": MetadataValue.path(res.report_path),
         "umap": MetadataValue.md(_image_md(res.plots.get("umap"), f"UMAP {path_str(node)}")),
         "proposals": MetadataValue.md(_proposals_md(res.clusters)),
