@@ -110,7 +110,7 @@ def train_alignment(text_emb: np.ndarray, image_emb: np.ndarray, has_image: np.n
             loss.backward()
             opt.step()
             sched.step()
-            total, count = total + float(loss) * len(b), count + len(b)
+            total, count = total + loss.item() * len(b), count + len(b)
         heads.history.append(total / max(count, 1))
     heads.eval()
     heads.final_loss = heads.history[-1]
