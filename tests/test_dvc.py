@@ -174,7 +174,13 @@ def test_dvc_repro_and_an_experiment_in_a_clone(tmp_path):
     ran = dvc("exp", "run", "-S", "train.seed=1")
     assert "Running stage 'train'" in ran and "Running stage 'embed'" not in ran
     shown = json.loads(dvc("exp", "show", "--json"))
-    assert "1" in json.dumps(shown) and "hF1" in json.dumps(shown)
+    # the experiment's own commit carries its params and metrics (not just the workspace row): the metrics file
+    # is git-visible (.gitignore) so `dvc exp run` commits it with the experiment
+    exps = [rev for row in shown for e in (row.get("experiments") or []) for rev in (e.get("revs") or [])]
+    recorded = [(rev["data"]["params"]["params.yaml"]["data"]["train"]["seed"],
+                 rev["data"]["metrics"]["work/sample/report/benchmark.json"]["data"]["results"]["model_early"])
+                for rev in exps]
+    assert recorded and all(seed == 1 and "hF1" in early["test"] for seed, early in recorded)
 
 
 def test_plot_rows_share_their_fields(tmp_path):
