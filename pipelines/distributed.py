@@ -66,8 +66,7 @@ def register_sizeof():
 
 
 def dask_setup(worker=None):
-    """Worker preload (`dask worker --preload pipelines.distributed`; set for LocalClusters by
-    orchestration/executors.py)."""
+    """Worker preload: `dask worker --preload pipelines.distributed`; local_cluster() sets it."""
     register_sizeof()
 
 
