@@ -54,20 +54,16 @@ def _worker_threads():
         pass
 
 
-def register_sizeof():
-    """dask sizes every task result; Dagster's events (dagster-dask step results) are `@record` tuples that refuse
-    iteration, so dask's generic tuple sizing fails and logs a warning per step. They are small: count them flat."""
+def dask_setup(worker=None):
+    """Worker preload (`dask worker --preload pipelines.distributed`; local_cluster() sets it). dask sizes every task
+    result; Dagster's events (dagster-dask step results) are `@record` tuples that refuse iteration, so dask's generic
+    tuple sizing fails and logs a warning per step. They are small: count them flat."""
     import sys
 
     from dagster import DagsterEvent
     from dask.sizeof import sizeof
 
     sizeof.register(DagsterEvent)(sys.getsizeof)
-
-
-def dask_setup(worker=None):
-    """Worker preload: `dask worker --preload pipelines.distributed`; local_cluster() sets it."""
-    register_sizeof()
 
 
 def resident_encoder(spec, kind: str):
