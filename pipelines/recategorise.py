@@ -307,6 +307,39 @@ def assign_noise(space: np.ndarray, labels: np.ndarray, k: int = 10) -> np.ndarr
     return out
 
 
+def refine_clusters(features: np.ndarray, casc: dict, max_iter: int = 100) -> dict:
+    """Spherical k-means in the clustering features, seeded by the cascade's clusters: the cascade decides how
+    many sub-categories there are and where; the refinement moves each product to its nearest cluster centroid
+    until nothing moves (UMAP + HDBSCAN draw density boundaries, which cut shoe subtypes worse than distances to
+    a centre). Noise products get a cluster too (`assigned`), but `labels` keeps them -1: noise stays reported.
+    Clusters that empty out are dropped and the ids compacted (lineage and depth follow)."""
+    labels = casc["labels"]
+    x = _l2(np.asarray(features, dtype=np.float64))
+    ids = np.arange(int(labels.max()) + 1)
+    centroids = _l2(np.stack([x[labels == c].mean(0) for c in ids]))
+    assigned, iterations, moved = labels.copy(), 0, 0
+    for iterations in range(1, max_iter + 1):
+        nearest = (x @ centroids.T).argmax(1)
+        moved = int((nearest != assigned).sum())
+        assigned = nearest
+        for c in ids:
+            if (assigned == c).any():  # an emptied cluster keeps its centre and may win products back
+                centroids[c] = _l2(x[assigned == c].mean(0, keepdims=True))[0]
+        if not moved:
+            break
+    clustered = labels >= 0
+    kept = sorted(set(assigned[clustered].tolist()))  # a cluster only noise products would join is no proposal
+    assigned = np.array(kept)[(x @ centroids[kept].T).argmax(1)]
+    new_id = {old: new for new, old in enumerate(kept)}
+    assigned = np.array([new_id[c] for c in assigned])
+    before = np.array([new_id.get(c, -1) for c in labels])  # the cascade's cluster, in the new ids
+    return {"labels": np.where(clustered, assigned, -1), "assigned": assigned,
+            "lineage": {new_id[c]: casc["lineage"][c] for c in kept},
+            "depth": {new_id[c]: casc["depth"][c] for c in kept}, "steps": casc["steps"],
+            "refine": {"iterations": iterations, "converged": not moved, "dropped_clusters": len(ids) - len(kept),
+                       "moved_share": round(float((assigned != before)[clustered].mean()), 4)}}
+
+
 # ---------------------------------------------------------------- evaluation
 
 def purity(y_true, y_pred) -> float:
@@ -581,8 +614,13 @@ def recategorise_node(products_df: pd.DataFrame, node, features: dict, cfg: dict
     timings["umap_s"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
     casc = cascade_cluster(x, space, cc, reduce)
+    if casc["labels"].max() >= 0 and cfg["refine"]["max_iter"]:
+        casc = refine_clusters(x, casc, int(cfg["refine"]["max_iter"]))
+        assigned = casc["assigned"]
+        log(f"  refine: {casc['refine']}")
+    else:
+        assigned = assign_noise(space, casc["labels"], int(cfg["noise"]["knn"]))
     labels = casc["labels"]
-    assigned = assign_noise(space, labels, int(cfg["noise"]["knn"]))
     timings["cascade_s"] = round(time.perf_counter() - t0, 1)
     k = int(labels.max() + 1)
     if k < 1:
@@ -610,7 +648,7 @@ def recategorise_node(products_df: pd.DataFrame, node, features: dict, cfg: dict
                "kmeans_simclr": {"all": evaluate(platforms, native, km_simclr)},
                "native_labelled": int(native.notna().sum()),
                "native_knn_agreement": label_agreement(np.hstack(raw), platforms, native),
-               "raw_features": "text" + ("+image" if len(raw) > 1 else "")}
+               "raw_features": "text" + ("+image" if len(raw) > 1 else ""), "refine": casc.get("refine")}
     timings["total_s"] = round(time.perf_counter() - t_start, 1)
 
     names = name_clusters(products["title"].astype(str).tolist(), labels, int(cfg["proposals"]["n_terms"]))
@@ -632,10 +670,10 @@ def recategorise_node(products_df: pd.DataFrame, node, features: dict, cfg: dict
         rows.append({"cluster_id": c, "name": names[c]["name"], "terms": names[c]["terms"], "size": len(members),
                      "share": round(len(members) / len(products), 4), "cohesion": round(cohesion(x[members]), 4),
                      "lineage": casc["lineage"][c], "depth": casc["depth"][c],
-                     "platforms": dict(pd.Series(platforms[members]).value_counts()),
+                     "platforms": {p: int(n) for p, n in pd.Series(platforms[members]).value_counts().items()},
                      "top_native": counts.index[0] if len(counts) else None,
                      "native_purity": round(float(counts.iloc[0] / counts.sum()), 4) if len(counts) else None,
-                     "native_counts": dict(counts.head(5)),
+                     "native_counts": {label: int(n) for label, n in counts.head(5).items()},
                      "samples": products.loc[order[:int(cfg["proposals"]["n_samples"])], "title"].tolist(),
                      "image_grid": str(grid) if grid else None})
     clusters = pd.DataFrame(rows)
@@ -672,7 +710,8 @@ def _agreement_text(metrics: dict) -> str:
 
 def _metric_rows(metrics: dict) -> str:
     rows = []
-    runs = [("cascade (noise -> nearest cluster)", metrics["method"]["all"]),
+    method = "cascade + centroid refinement" if metrics.get("refine") else "cascade (noise -> nearest cluster)"
+    runs = [(method, metrics["method"]["all"]),
             ("cascade (clustered points only)", metrics["method"]["clustered"]),
             ("baseline: k-means on raw embeddings, same k", metrics["baseline_kmeans_raw"]["all"]),
             ("ablation: k-means on SimCLR features, same k", metrics["kmeans_simclr"]["all"])]

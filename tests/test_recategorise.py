@@ -84,6 +84,32 @@ def test_cascade_finds_nested_groups_and_kmeans_baseline_on_blobs():
     assert R.cluster_metrics(truth, km)["purity"] > 0.95
 
 
+def test_refinement_moves_products_to_the_nearest_centre_and_keeps_noise_reported():
+    rng = np.random.default_rng(0)
+    centres = _l2_rows(rng.normal(size=(3, 8)))
+    truth = np.repeat(np.arange(3), 50)
+    x = centres[truth] + rng.normal(scale=0.1, size=(150, 8))
+    seeded = truth.copy()
+    seeded[[0, 1, 2, 50, 51]] = [1, 2, 1, 0, 2]  # density boundaries put a few products in a neighbour's cluster
+    seeded[[100, 101, 102]] = -1                   # and call a few noise
+    casc = {"labels": seeded, "lineage": {0: "0", 1: "1", 2: "2/0"}, "depth": {0: 0, 1: 0, 2: 1}, "steps": []}
+    out = R.refine_clusters(x, casc)
+    assert R.purity(truth, out["assigned"]) == 1.0 and out["refine"]["converged"]
+    assert (out["labels"][[100, 101, 102]] == -1).all() and (out["assigned"] >= 0).all()
+    assert out["refine"]["moved_share"] == pytest.approx(5 / 147, abs=1e-4)
+    assert [out["lineage"][out["assigned"][i]] for i in (0, 50, 149)] == ["0", "1", "2/0"]
+    # a cluster of two strays from different groups (centre between them) empties out: dropped, ids stay compact
+    casc = {"labels": np.where(np.isin(np.arange(150), [3, 53]), 3, seeded),
+            "lineage": {0: "0", 1: "1", 2: "2", 3: "3"}, "depth": {0: 0, 1: 0, 2: 0, 3: 0}, "steps": []}
+    out = R.refine_clusters(x, casc)
+    assert out["refine"]["dropped_clusters"] == 1 and sorted(set(out["assigned"])) == [0, 1, 2]
+    assert set(out["lineage"].values()) == {"0", "1", "2"}
+
+
+def _l2_rows(a):
+    return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+
 def test_candidate_scores_and_dispersion_sample():
     from pipelines.config import SAMPLE_DIR
     from pipelines.taxonomy import load_taxonomy

@@ -49,7 +49,7 @@ def _proposals_md(clusters: pd.DataFrame, n_grids: int = 8) -> str:
     return "\n".join(lines)
 
 
-@asset(partitions_def=shallow_node_partitions, group_name="recategorisation", code_version="1",
+@asset(partitions_def=shallow_node_partitions, group_name="recategorisation", code_version="2",
        ins={"catalogue": AssetIn("catalogue")},
        deps=[AssetDep("text_embeddings", partition_mapping=ALL_PLATFORMS),
              AssetDep("image_embeddings", partition_mapping=ALL_PLATFORMS)],
@@ -77,6 +77,7 @@ def recategorisation_clusters(context: AssetExecutionContext, paths: ProdcatPath
         "purity": method["purity"], "nmi": method["nmi"], "ari": method["ari"],
         "kmeans_purity": base["purity"], "kmeans_nmi": base["nmi"], "kmeans_ari": base["ari"],
         "native_label_knn_agreement": res.metrics["native_knn_agreement"]["overall"]["agreement"],
+        "refine_moved_share": (res.metrics.get("refine") or {}).get("moved_share", 0.0),
         "seconds": res.timings["total_s"], "report": MetadataValue.path(res.report_path),
         "umap": MetadataValue.md(_image_md(res.plots.get("umap"), f"UMAP {path_str(node)}")),
         "proposals": MetadataValue.md(_proposals_md(res.clusters)),
