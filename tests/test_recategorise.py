@@ -86,7 +86,7 @@ def test_cascade_finds_nested_groups_and_kmeans_baseline_on_blobs():
 
 def test_refinement_moves_products_to_the_nearest_centre_and_keeps_noise_reported():
     rng = np.random.default_rng(0)
-    centres = _l2_rows(rng.normal(size=(3, 8)))
+    centres = R._l2(rng.normal(size=(3, 8)))
     truth = np.repeat(np.arange(3), 50)
     x = centres[truth] + rng.normal(scale=0.1, size=(150, 8))
     seeded = truth.copy()
@@ -104,10 +104,6 @@ def test_refinement_moves_products_to_the_nearest_centre_and_keeps_noise_reporte
     out = R.refine_clusters(x, casc)
     assert out["refine"]["dropped_clusters"] == 1 and sorted(set(out["assigned"])) == [0, 1, 2]
     assert set(out["lineage"].values()) == {"0", "1", "2"}
-
-
-def _l2_rows(a):
-    return a / np.linalg.norm(a, axis=1, keepdims=True)
 
 
 def test_candidate_scores_and_dispersion_sample():
