@@ -329,9 +329,8 @@ def refine_clusters(features: np.ndarray, casc: dict, max_iter: int = 100) -> di
             break
     clustered = labels >= 0
     kept = sorted(set(assigned[clustered].tolist()))  # a cluster only noise products would join is no proposal
-    assigned = np.array(kept)[(x @ centroids[kept].T).argmax(1)]
+    assigned = (x @ centroids[kept].T).argmax(1)  # position in kept = the new, compact id
     new_id = {old: new for new, old in enumerate(kept)}
-    assigned = np.array([new_id[c] for c in assigned])
     before = np.array([new_id.get(c, -1) for c in labels])  # the cascade's cluster, in the new ids
     return {"labels": np.where(clustered, assigned, -1), "assigned": assigned,
             "lineage": {new_id[c]: casc["lineage"][c] for c in kept},
