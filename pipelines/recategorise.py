@@ -82,6 +82,16 @@ def _l2(x: np.ndarray) -> np.ndarray:
     return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
 
 
+def centre_per_platform(x: np.ndarray, platforms: np.ndarray) -> np.ndarray:
+    """Subtract each shop's mean feature vector. A shop's photo style and title habits shift all its products the
+    same way, so without this clusters split by shop before they split by product type (full benchmark, Shoes:
+    H&M's 223 shoes fell into 2 clusters, purity 0.673 -> 0.861 with centring)."""
+    x = np.array(x, dtype=np.float32, copy=True)
+    for p in np.unique(platforms):
+        x[platforms == p] -= x[platforms == p].mean(0)
+    return x
+
+
 # ---------------------------------------------------------------- candidate nodes
 
 def candidate_nodes(products_df: pd.DataFrame, embeddings: np.ndarray | None, taxonomy: Taxonomy,
@@ -413,6 +423,19 @@ def kmeans_labels(x: np.ndarray, k: int, seed: int = 0, n_init: int = 10) -> np.
     return KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(x)
 
 
+def purity_by_granularity(x: np.ndarray, platforms: np.ndarray, labels: pd.Series, k: int, factors, seed: int = 0
+                          ) -> list[dict]:
+    """k-means purity/NMI/ARI on the clustering features at k x each factor (at most 2 products per cluster):
+    purity rises with the number of clusters whatever their quality, so a purity target only means something
+    next to the granularity it is asked at."""
+    rows = []
+    for kk in dict.fromkeys(min(int(k * f), len(x) // 2) for f in factors):  # the cap may repeat a k: once
+        m = evaluate(platforms, labels, kmeans_labels(x, kk, seed, 1))["overall"]
+        rows.append({"k": kk, "mean_size": round(len(x) / kk, 1),
+                     **{key: m[key] for key in ("purity", "nmi", "ari") if key in m}})
+    return rows
+
+
 # ---------------------------------------------------------------- proposals
 
 def name_clusters(titles: list[str], labels: np.ndarray, n_terms: int = 3) -> dict:
@@ -603,6 +626,9 @@ def recategorise_node(products_df: pd.DataFrame, node, features: dict, cfg: dict
     x = rep["simclr"]
     if cfg["features"]["raw_text_weight"]:
         x = np.hstack([x, cfg["features"]["raw_text_weight"] * _l2(text_emb)])
+    platforms = products["platform"].to_numpy()
+    if cfg["features"].get("centre_per_platform"):
+        x = centre_per_platform(x, platforms)
 
     um = cfg["umap"]
     seed = int(cfg["simclr"]["seed"])
@@ -637,7 +663,6 @@ def recategorise_node(products_df: pd.DataFrame, node, features: dict, cfg: dict
         img[~ok] = img[ok].mean(0)
         raw.append(img)
     native = native_labels(products, node, cfg)
-    platforms = products["platform"].to_numpy()
     n_init = int(cfg["baseline"]["n_init"])
     km_raw = kmeans_labels(np.hstack(raw), k, seed, n_init)
     km_simclr = kmeans_labels(x, k, seed, n_init)
@@ -647,7 +672,8 @@ def recategorise_node(products_df: pd.DataFrame, node, features: dict, cfg: dict
                "kmeans_simclr": {"all": evaluate(platforms, native, km_simclr)},
                "native_labelled": int(native.notna().sum()),
                "native_knn_agreement": label_agreement(np.hstack(raw), platforms, native),
-               "raw_features": "text" + ("+image" if len(raw) > 1 else ""), "refine": casc.get("refine")}
+               "raw_features": "text" + ("+image" if len(raw) > 1 else ""), "refine": casc.get("refine"),
+               "purity_by_k": purity_by_granularity(x, platforms, native, k, cfg["granularity"]["factors"], seed)}
     timings["total_s"] = round(time.perf_counter() - t_start, 1)
 
     names = name_clusters(products["title"].astype(str).tolist(), labels, int(cfg["proposals"]["n_terms"]))
@@ -682,7 +708,8 @@ def recategorise_node(products_df: pd.DataFrame, node, features: dict, cfg: dict
                           "kmeans_raw": km_raw, "x": view[:, 0], "y": view[:, 1]})
     result = RecategoriseResult(
         node=node, products=table, clusters=clusters, metrics=metrics,
-        noise={"count": int((labels < 0).sum()), "share": round(float((labels < 0).mean()), 4)},
+        noise={"count": int((labels < 0).sum()), "share": round(float((labels < 0).mean()), 4),
+               "by_platform": {p: round(float((labels[platforms == p] < 0).mean()), 4) for p in sorted(set(platforms))}},
         failures=pd.DataFrame(failures, columns=["platform", "product_id", "reason"]), timings=timings,
         steps=casc["steps"], config=cfg)
     if out is not None:
@@ -705,6 +732,11 @@ def _img_tag(path, width=None) -> str:
 def _agreement_text(metrics: dict) -> str:
     agree = metrics.get("native_knn_agreement", {})
     return ", ".join(f"{scope} {v['agreement']:.1%}" for scope, v in agree.items()) or "n/a"
+
+
+def granularity_text(metrics: dict) -> str:
+    return ", ".join(f"{r['k']} clusters (~{r['mean_size']:g} products each) purity {r['purity']:.3f}"
+                     for r in metrics.get("purity_by_k", [])) or "n/a"
 
 
 def _metric_rows(metrics: dict) -> str:
@@ -751,6 +783,8 @@ Products left out: {len(result.failures)}. Run time: {html.escape(json.dumps(res
 <p>Native labels were not used to form clusters. Each shop is scored against its own vocabulary; overall = purity over all labelled products (majority label per cluster and shop), NMI/ARI weighted by products per shop.</p>
 <table><tr><th>clustering</th><th>scope</th><th>n</th><th>native labels</th><th>clusters</th><th>purity</th>
 <th>NMI</th><th>ARI</th><th>majority-label share</th></tr>{_metric_rows(result.metrics)}</table>
+<p>Purity grows with the number of clusters whatever their quality (k-means on the clustering features):
+{html.escape(granularity_text(result.metrics))}.</p>
 <p>How consistent the native labels themselves are: {html.escape(_agreement_text(result.metrics))} of labelled
 products carry the majority label of their 10 nearest same-shop neighbours (raw embeddings). Purity far above this
 needs clusters of about ten products.</p>
@@ -848,7 +882,7 @@ def run_recategorisation(data_root: str | Path, out_dir: str | Path, nodes: list
         res = recategorise_node(at_nodes, node, features, cfg, out / node_slug(node), log=log)
         summary[path_str(node)] = res.summary()
     write_summary(summary, candidates, out)
-    log(summary_markdown(summary))
+    log(summary_markdown(summary) + granularity_markdown(summary))
     return summary
 
 
@@ -856,7 +890,7 @@ def write_summary(summary: dict, candidates: pd.DataFrame | None, out: Path) -> 
     """recategorisation.json / .md and index.html (metrics per node vs the baseline, candidate nodes, links)."""
     out = Path(out)
     (out / "recategorisation.json").write_text(json.dumps(summary, indent=2, default=str))
-    (out / "recategorisation.md").write_text(summary_markdown(summary))
+    (out / "recategorisation.md").write_text(summary_markdown(summary) + granularity_markdown(summary))
     links = "".join(f'<li><a href="{node_slug(node)}/report.html">{html.escape(node)}</a> &mdash; '
                     f'{s["n_clusters"]} proposals, noise {s["noise"]["share"]:.1%}</li>' for node, s in summary.items())
     table = summary_markdown(summary).splitlines()
@@ -868,6 +902,7 @@ def write_summary(summary: dict, candidates: pd.DataFrame | None, out: Path) -> 
 padding:3px 6px}}</style></head><body><h1>Recategorisation of shallow taxonomy nodes</h1>
 <h2>Reports per node</h2><ul>{links}</ul>
 <h2>Agreement with native fine labels: cascade vs k-means on raw embeddings (same k)</h2><table>{md_rows}</table>
+{"".join(f"<p>{html.escape(line)}</p>" for line in granularity_markdown(summary).split(chr(10)) if line)}
 <h2>Candidate nodes (automatic detection)</h2>{cand}</body></html>"""
     path = out / "index.html"
     path.write_text(page)
@@ -882,8 +917,14 @@ def summary_markdown(summary: dict) -> str:
         for scope, a in m["method"]["all"].items():
             b, c = m["baseline_kmeans_raw"]["all"][scope], m["method"]["clustered"].get(scope, {})
             agree = m.get("native_knn_agreement", {}).get(scope, {}).get("agreement", float("nan"))
+            noise = s["noise"].get("by_platform", {}).get(scope, s["noise"]["share"])  # overall: the node's share
             lines.append(f"| {node} | {scope} | {a['n']} | {a['n_labels']} | {a['n_clusters']} | "
-                         f"{s['noise']['share']:.1%} | {a['purity']:.3f} / {b['purity']:.3f} | "
+                         f"{noise:.1%} | {a['purity']:.3f} / {b['purity']:.3f} | "
                          f"{a['nmi']:.3f} / {b['nmi']:.3f} | {a['ari']:.3f} / {b['ari']:.3f} | "
                          f"{c.get('purity', float('nan')):.3f} | {agree:.3f} | {s['timings']['total_s']} |")
     return "\n".join(lines) + "\n"
+
+
+def granularity_markdown(summary: dict) -> str:
+    return "".join(f"\n{node}, k-means purity on the clustering features by number of clusters: "
+                   f"{granularity_text(s['metrics'])}\n" for node, s in summary.items())

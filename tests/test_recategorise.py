@@ -106,6 +106,21 @@ def test_refinement_moves_products_to_the_nearest_centre_and_keeps_noise_reporte
     assert set(out["lineage"].values()) == {"0", "1", "2"}
 
 
+def test_centring_per_shop_lets_types_cluster_across_shops():
+    # two product types sold by two shops whose photo style shifts every product the same way (larger than the
+    # type difference): without centring the clusters are the shops, with it they are the types
+    rng = np.random.default_rng(0)
+    types, shops = np.tile(np.repeat([0, 1], 30), 2), np.repeat(["a", "b"], 60)
+    x = np.where(types[:, None] == 0, 1.0, -1.0) * np.eye(6)[0] + (shops == "b")[:, None] * 5 * np.eye(6)[1]
+    x = x + rng.normal(scale=0.1, size=x.shape)
+    centred = R.centre_per_platform(x, shops)
+    assert np.allclose([centred[shops == s].mean(0) for s in "ab"], 0, atol=1e-5)
+    assert R.purity(types, R.kmeans_labels(x, 2)) == 0.5 and R.purity(types, R.kmeans_labels(centred, 2)) == 1.0
+    # granularity: more clusters never lose purity on these blobs, k capped at 2 products per cluster
+    by_k = R.purity_by_granularity(centred, shops, pd.Series(types), 2, [1, 4, 100])
+    assert [r["k"] for r in by_k] == [2, 8, 60] and by_k[0]["purity"] == by_k[-1]["purity"] == 1.0
+
+
 def test_candidate_scores_and_dispersion_sample():
     from pipelines.config import SAMPLE_DIR
     from pipelines.taxonomy import load_taxonomy
@@ -170,6 +185,13 @@ def test_dagster_assets_cluster_score_and_plot(dagster_run):
     assert result["metrics"]["raw_features"] == "text+image"
     clusters = pd.read_csv(node_dir / "clusters.csv")
     assert clusters["size"].sum() + result["noise"]["count"] == 194 and clusters["name"].is_unique
+    by_k = result["metrics"]["purity_by_k"]  # k-means purity at k x 1, 2, 4, ... (capped at 2 products a cluster)
+    assert by_k[0]["k"] == meta["clusters"] and [r["k"] for r in by_k] == sorted({r["k"] for r in by_k})
+    assert by_k[-1]["purity"] > by_k[0]["purity"] and "purity" in meta["purity_by_k"]
+    # noise per shop is each shop's own share (the summary table's per-shop rows print it)
+    table = pd.read_parquet(node_dir / "assignments.parquet")
+    by_shop = table.groupby("platform")["cluster"].apply(lambda c: round(float((c < 0).mean()), 4)).to_dict()
+    assert result["noise"]["by_platform"] == by_shop and set(by_shop) == {"flipkart", "hm", "myntra"}
     assert all((node_dir / "grids" / f"cluster_{c}.png").exists() for c in clusters["cluster_id"]
                if isinstance(clusters.set_index("cluster_id").at[c, "image_grid"], str))
 

@@ -49,7 +49,7 @@ def _proposals_md(clusters: pd.DataFrame, n_grids: int = 8) -> str:
     return "\n".join(lines)
 
 
-@asset(partitions_def=shallow_node_partitions, group_name="recategorisation", code_version="2",
+@asset(partitions_def=shallow_node_partitions, group_name="recategorisation", code_version="3",
        ins={"catalogue": AssetIn("catalogue")},
        deps=[AssetDep("text_embeddings", partition_mapping=ALL_PLATFORMS),
              AssetDep("image_embeddings", partition_mapping=ALL_PLATFORMS)],
@@ -78,6 +78,7 @@ def recategorisation_clusters(context: AssetExecutionContext, paths: ProdcatPath
         "kmeans_purity": base["purity"], "kmeans_nmi": base["nmi"], "kmeans_ari": base["ari"],
         "native_label_knn_agreement": res.metrics["native_knn_agreement"]["overall"]["agreement"],
         "refine_moved_share": (res.metrics.get("refine") or {}).get("moved_share", 0.0),
+        "purity_by_k": MetadataValue.md(R.granularity_text(res.metrics)),
         "seconds": res.timings["total_s"], "report": MetadataValue.path(res.report_path),
         "umap": MetadataValue.md(_image_md(res.plots.get("umap"), f"UMAP {path_str(node)}")),
         "proposals": MetadataValue.md(_proposals_md(res.clusters)),
@@ -106,5 +107,5 @@ def recategorisation_report(paths: ProdcatPaths, config: RecategoriseConfig, clu
     return Output(candidates, metadata={
         "index": MetadataValue.path(str(index)), "candidates": int(candidates["candidate"].sum()),
         "candidate_nodes": MetadataValue.md(shown.to_markdown(index=False, floatfmt=".3f")),
-        "metrics": MetadataValue.md(R.summary_markdown(summary)),
+        "metrics": MetadataValue.md(R.summary_markdown(summary) + R.granularity_markdown(summary)),
     })
