@@ -882,7 +882,7 @@ def run_recategorisation(data_root: str | Path, out_dir: str | Path, nodes: list
         res = recategorise_node(at_nodes, node, features, cfg, out / node_slug(node), log=log)
         summary[path_str(node)] = res.summary()
     write_summary(summary, candidates, out)
-    log(summary_markdown(summary) + granularity_markdown(summary))
+    log(summary_markdown(summary))
     return summary
 
 
@@ -890,19 +890,20 @@ def write_summary(summary: dict, candidates: pd.DataFrame | None, out: Path) -> 
     """recategorisation.json / .md and index.html (metrics per node vs the baseline, candidate nodes, links)."""
     out = Path(out)
     (out / "recategorisation.json").write_text(json.dumps(summary, indent=2, default=str))
-    (out / "recategorisation.md").write_text(summary_markdown(summary) + granularity_markdown(summary))
+    (out / "recategorisation.md").write_text(summary_markdown(summary))
     links = "".join(f'<li><a href="{node_slug(node)}/report.html">{html.escape(node)}</a> &mdash; '
                     f'{s["n_clusters"]} proposals, noise {s["noise"]["share"]:.1%}</li>' for node, s in summary.items())
-    table = summary_markdown(summary).splitlines()
+    lines = summary_markdown(summary).splitlines()
     md_rows = "".join("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in line.strip("|").split("|"))
-                      + "</tr>" for i, line in enumerate(table) if i != 1)
+                      + "</tr>" for i, line in enumerate(lines) if i != 1 and line.startswith("|"))
+    notes = "".join(f"<p>{html.escape(line)}</p>" for line in lines if line and not line.startswith("|"))
     cand = candidates.to_html(index=False, float_format=lambda v: f"{v:.3f}") if candidates is not None else ""
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Recategorisation</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;
 padding:3px 6px}}</style></head><body><h1>Recategorisation of shallow taxonomy nodes</h1>
 <h2>Reports per node</h2><ul>{links}</ul>
 <h2>Agreement with native fine labels: cascade vs k-means on raw embeddings (same k)</h2><table>{md_rows}</table>
-{"".join(f"<p>{html.escape(line)}</p>" for line in granularity_markdown(summary).split(chr(10)) if line)}
+{notes}
 <h2>Candidate nodes (automatic detection)</h2>{cand}</body></html>"""
     path = out / "index.html"
     path.write_text(page)
@@ -922,9 +923,7 @@ def summary_markdown(summary: dict) -> str:
                          f"{noise:.1%} | {a['purity']:.3f} / {b['purity']:.3f} | "
                          f"{a['nmi']:.3f} / {b['nmi']:.3f} | {a['ari']:.3f} / {b['ari']:.3f} | "
                          f"{c.get('purity', float('nan')):.3f} | {agree:.3f} | {s['timings']['total_s']} |")
+    for node, s in summary.items():  # purity only means something next to the granularity it is measured at
+        lines += ["", f"{node}, k-means purity on the clustering features by number of clusters: "
+                      f"{granularity_text(s['metrics'])}"]
     return "\n".join(lines) + "\n"
-
-
-def granularity_markdown(summary: dict) -> str:
-    return "".join(f"\n{node}, k-means purity on the clustering features by number of clusters: "
-                   f"{granularity_text(s['metrics'])}\n" for node, s in summary.items())

@@ -107,5 +107,5 @@ def recategorisation_report(paths: ProdcatPaths, config: RecategoriseConfig, clu
     return Output(candidates, metadata={
         "index": MetadataValue.path(str(index)), "candidates": int(candidates["candidate"].sum()),
         "candidate_nodes": MetadataValue.md(shown.to_markdown(index=False, floatfmt=".3f")),
-        "metrics": MetadataValue.md(R.summary_markdown(summary) + R.granularity_markdown(summary)),
+        "metrics": MetadataValue.md(R.summary_markdown(summary)),
     })
