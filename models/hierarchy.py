@@ -98,7 +98,7 @@ class Hierarchy:
 
     def hf1_counts(self, best: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Kiritchenko counts (overlap, |pred|, |true|) of decoded leaves vs label indices, the prediction read at
-        the label's depth (as `pipelines.metrics.hierarchical_prf(truncate=True)`): node ids are unique by path,
+        the label's depth (as `pipelines.classify.metrics.hierarchical_prf(truncate=True)`): node ids are unique by path,
         so a node matches iff its index at that level matches."""
         pred = self.path_index.to(labels.device)[:, best].T  # [B, depth], -1 below a shallow leaf
         has_true, has_pred = labels >= 0, pred >= 0

@@ -4,8 +4,8 @@ from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_c
 
 from orchestration.assets.catalogue import normalized_products, splits
 from orchestration.partitions import platform_partitions
-from pipelines.taxonomy import load_taxonomy
-from pipelines.validate import validate_products
+from pipelines.taxonomy.tree import load_taxonomy
+from pipelines.ingest.validate import validate_products
 
 
 @asset_check(asset=normalized_products, blocking=True, partitions_def=platform_partitions,
@@ -21,7 +21,7 @@ def gx_products_suite(context, normalized_products: pd.DataFrame) -> AssetCheckR
 
 @asset_check(asset=splits, blocking=True, description="No product group is split across train/val/test.")
 def no_group_leakage(splits: pd.DataFrame) -> AssetCheckResult:
-    from pipelines.catalogue import groups_crossing_splits
+    from pipelines.ingest.catalogue import groups_crossing_splits
 
     leaking = groups_crossing_splits(splits)
     return AssetCheckResult(passed=leaking.empty, metadata={"groups_crossing_splits": len(leaking)})

@@ -4,7 +4,7 @@
                                     # $PRODCAT_DASK_SCHEDULER (tcp://host:8786) or a LocalCluster started for the job
 
 On the dask executor each step (one asset partition: a platform, a strategy, a holdout) is a task on the cluster,
-and inside it the embedding assets map their shards over the same cluster (pipelines/distributed.py). The
+and inside it the embedding assets map their shards over the same cluster (pipelines/features/sharding.py). The
 multiprocess and dask executors re-import the job in other processes, so a stage runs as a *reconstructable* job:
 `stage_job(executor, assets, data_root, work_dir)` rebuilds it from plain arguments wherever it is called. Both also
 need a persistent DagsterInstance (DAGSTER_HOME; every host of a multi-machine cluster must see the same one, e.g.
@@ -18,7 +18,7 @@ import os
 from dagster import (AssetSelection, ConfigurableResource, Definitions, JobDefinition, define_asset_job,
                      in_process_executor, multiprocess_executor)
 
-from pipelines.distributed import SCHEDULER_ENV, cluster_client, local_cluster
+from pipelines.features.sharding import SCHEDULER_ENV, cluster_client, local_cluster
 
 EXECUTORS = ("in_process", "multiprocess", "dask")
 WORKERS_ENV = "PRODCAT_DASK_WORKERS"  # worker processes of the LocalCluster started when no scheduler is given

@@ -4,15 +4,14 @@ from pathlib import Path
 import pandas as pd
 from dagster import ConfigurableIOManager, InputContext, OutputContext
 
-from pipelines import config
-from pipelines.catalogue import read_products
+from pipelines.ingest.catalogue import read_products
 
 
 class ParquetIOManager(ConfigurableIOManager):
-    base_dir: str = ""
+    base_dir: str
 
     def _path(self, context, partition_key: str | None) -> Path:
-        base = Path(self.base_dir or config.work_dir() / "assets")
+        base = Path(self.base_dir)
         return base.joinpath(*context.asset_key.path, f"{partition_key or 'all'}.parquet")
 
     def handle_output(self, context: OutputContext, obj: pd.DataFrame):

@@ -6,7 +6,7 @@ import shutil
 
 from dagster import AssetSelection, DagsterInstance, materialize
 
-from pipelines import config
+from pipelines import settings as config
 
 
 def project_instance() -> DagsterInstance:

@@ -1,5 +1,5 @@
 from dagster import StaticPartitionsDefinition
 
-from pipelines.config import PLATFORMS
+from pipelines.settings import PLATFORMS
 
 platform_partitions = StaticPartitionsDefinition(PLATFORMS)

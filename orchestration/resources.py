@@ -1,20 +1,44 @@
+"""The Dagster resource that carries the run's Settings (built once by the entry point) to every asset."""
+from __future__ import annotations
+
 from pathlib import Path
 
 from dagster import ConfigurableResource
 
-from pipelines import config
+from pipelines.settings import Settings
 
 
-class ProdcatPaths(ConfigurableResource):
-    """Where raw exports are read from and derived artefacts written to (defaults follow PRODCAT_DATA/PRODCAT_WORK)."""
+class ProdcatSettings(ConfigurableResource):
+    """A `pipelines.settings.Settings` as Dagster config (strings and ints), so the UI shows and can edit it."""
 
-    data_root: str = ""
-    work_dir: str = ""
+    data_root: str
+    work_dir: str
+    seed: int = 0
+    taxonomy_path: str = str(Settings.taxonomy_path)
+    text_encoder: str = "minilm"
+    image_encoder: str = "efficientnet-lite0"
+    tracking_uri: str = ""
+    threads: int = 0
+    loader_workers: int = 1
+    weights_cache: str = ""
+    quiet: bool = False
+    dask_scheduler: str = ""
+    dask_workers: int = 2
+    dask_shard_resources: str = ""
 
-    def raw_dir(self, platform: str) -> Path:
-        return Path(self.data_root or config.data_root()) / platform
+    @classmethod
+    def of(cls, settings: Settings) -> "ProdcatSettings":
+        return cls(**{k: (str(v) if isinstance(v, Path) else v) for k, v in settings.__dict__.items()})
+
+    @property
+    def value(self) -> Settings:
+        fields = {k: getattr(self, k) for k in Settings.__dataclass_fields__}
+        for k in ("data_root", "work_dir", "taxonomy_path", "weights_cache"):
+            fields[k] = Path(fields[k]) if fields[k] else Settings.__dataclass_fields__[k].default_factory()
+        return Settings(**fields)
 
     def work(self, *parts: str) -> Path:
-        path = Path(self.work_dir or config.work_dir()).joinpath(*parts)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return self.value.work(*parts)
+
+    def raw_dir(self, platform: str) -> Path:
+        return Path(self.data_root) / platform

@@ -11,7 +11,7 @@ from dagster import (AssetKey, AssetSelection, AutomationCondition, AutomationCo
 
 from orchestration.assets.catalogue import export_fingerprint
 from orchestration.partitions import platform_partitions
-from orchestration.resources import ProdcatPaths
+from orchestration.resources import ProdcatSettings
 
 RETRAIN_CRON = "0 3 * * 1"  # Mondays 03:00 UTC
 # the models and everything computed from them (report, later model-based assets join automatically)
@@ -39,13 +39,13 @@ weekly_retraining = AutomationConditionSensorDefinition(
     description=f"Retrains baselines + every classifier strategy and rebuilds the report, {RETRAIN_CRON} (UTC).")
 
 
-def drop_fingerprints(paths: ProdcatPaths) -> dict:
+def drop_fingerprints(settings: ProdcatSettings) -> dict:
     """{platform: export fingerprint} for every platform whose export file is present in the data root."""
-    from pipelines.platforms import get_adapter
+    from pipelines.ingest.shops import get_adapter
 
     found = {}
     for platform in platform_partitions.get_partition_keys():
-        raw = paths.raw_dir(platform)
+        raw = settings.raw_dir(platform)
         if (raw / get_adapter(platform).EXPORT_FILE).is_file():
             found[platform] = export_fingerprint(raw)
     return found
@@ -91,13 +91,13 @@ def drop_backfill(asset_graph, platforms: list[str]) -> RunRequest:
         default_status=DefaultSensorStatus.STOPPED,
         description="Watches <data root>/<platform>/ (PRODCAT_DATA); a new or changed export (CSV bytes, image "
                     "listing) backfills that platform's normalized_products partition and everything downstream.")
-def raw_export_drop(context: SensorEvaluationContext, paths: ProdcatPaths):
+def raw_export_drop(context: SensorEvaluationContext, settings: ProdcatSettings):
     seen = json.loads(context.cursor) if context.cursor else {}
     now = drop_fingerprints(paths)
     changed = sorted(p for p, fingerprint in now.items() if seen.get(p) != fingerprint)
     cursor = json.dumps(seen | now, sort_keys=True)  # a platform whose export vanished keeps its last fingerprint
     if not changed:
-        return SensorResult(skip_reason=SkipReason(f"no new or changed export under {paths.raw_dir('')}"),
+        return SensorResult(skip_reason=SkipReason(f"no new or changed export under {settings.raw_dir('')}"),
                             cursor=cursor)
     context.log.info(f"changed exports: {changed}")
     return SensorResult(run_requests=[drop_backfill(context.repository_def.asset_graph, changed)], cursor=cursor)

@@ -20,15 +20,15 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipelines.mapping import load_mapping  # noqa: E402
-from pipelines.taxonomy import load_taxonomy, path_str  # noqa: E402
+from pipelines.ingest.mapping import load_mapping  # noqa: E402
+from pipelines.taxonomy.tree import load_taxonomy, path_str  # noqa: E402
 
 DEFAULT_ROOT = ROOT.parent / "shared" / "benchmark"
 MIN_FASHION_SHARE = 0.95
 
 
 # the adapters' own native-path builders: the checker sees exactly what normalisation sees
-from pipelines.platforms import flipkart, hm, myntra  # noqa: E402
+from pipelines.ingest.shops import flipkart, hm, myntra  # noqa: E402
 
 myntra_native_path, hm_native_path, flipkart_native_path = myntra.native_path, hm.native_path, flipkart.native_path
 

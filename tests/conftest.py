@@ -15,7 +15,7 @@ def sample_work(tmp_path_factory):
 
     from orchestration.definitions import build_definitions
     from orchestration.jobs import run_stage
-    from pipelines.config import PLATFORMS, SAMPLE_DIR
+    from pipelines.settings import PLATFORMS, SAMPLE_DIR
 
     root = tmp_path_factory.mktemp("sample")
     shutil.copytree(SAMPLE_DIR, root / "raw")
@@ -34,9 +34,9 @@ def sample_work(tmp_path_factory):
 def sample_training(sample_work):
     import pandas as pd
 
-    from pipelines.benchmark import training_data
-    from pipelines.catalogue import read_products
-    from pipelines.config import PLATFORMS
+    from pipelines.classify.benchmark import training_data
+    from pipelines.ingest.catalogue import read_products
+    from pipelines.settings import PLATFORMS
 
     work = sample_work["work"]
     catalogue = read_products(work / "assets" / "catalogue" / "all.parquet")
@@ -69,9 +69,9 @@ def tiny_roberta(tmp_path_factory):
 def two_stage_models(sample_work, sample_training):
     """A small stage-1 (lexical) model, calibrated, and a small stage-2 model ('early' fusion) with the routing
     threshold between them, trained on the sample in the session's work dir (issue 7)."""
-    from pipelines.infer import fit_routing, product_texts, train_stage1
-    from pipelines.taxonomy import load_taxonomy
-    from pipelines.train import train_classifier
+    from pipelines.inference.two_stage import fit_routing, product_texts, train_stage1
+    from pipelines.taxonomy.tree import load_taxonomy
+    from pipelines.classify.train import train_classifier
 
     work, t = sample_work["work"], sample_training
     taxonomy = load_taxonomy()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import PLATFORMS, ROOT, SAMPLE_DIR
+from pipelines.settings import PLATFORMS, ROOT, SAMPLE_DIR
 
 pytestmark = pytest.mark.browser
 
@@ -185,7 +185,7 @@ def test_dagster_ui_lists_graph_and_materialises_from_a_click(tmp_path, browser_
             graphql(base, run_status)["runOrError"]["status"]}, 60, "run end")
         assert status == {"SUCCESS"}
 
-        from pipelines.catalogue import read_products
+        from pipelines.ingest.catalogue import read_products
 
         rows = len(read_products(work / "assets" / "catalogue" / "all.parquet"))
         page.goto(f"{base}/assets/catalogue")
@@ -235,9 +235,9 @@ def test_mlflow_ui_shows_registered_champion(tmp_path, browser_page, monkeypatch
         wait_ready()
         import mlflow
 
-        from pipelines.train import REGISTERED_MODEL, register_champion
+        from pipelines.classify.train import REGISTERED_MODEL, register_champion
 
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", base)  # pipelines.train.tracking_uri() reads it
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", base)  # pipelines.classify.train.tracking_uri() reads it
         mlflow.set_tracking_uri(base)
         mlflow.set_experiment("prodcat")
         assert register_champion(_log_tiny_model(0.5), 0.5)  # version 1 becomes champion

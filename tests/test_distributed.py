@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from dagster import AssetKey, AssetSelection, DagsterInstance
 
-from pipelines.config import SAMPLE_DIR
+from pipelines.settings import SAMPLE_DIR
 
 ROWS = 200  # myntra products in the test export (short titles: MiniLM is cheap)
 KILL_TEXTS = 240  # H&M title + description texts embedded while a worker is killed
@@ -22,7 +22,7 @@ KILL_TEXTS = 240  # H&M title + description texts embedded while a worker is kil
 def client():
     from distributed import Client
 
-    from pipelines.distributed import local_cluster
+    from pipelines.features.sharding import local_cluster
 
     os.environ.pop("PRODCAT_DASK_SCHEDULER", None)  # in-process runs must stay in process
     # identical bits need identical intra-op threads: with 2 torch threads instead of 1 a few MiniLM vectors move
@@ -72,7 +72,7 @@ def engines(raw, client, tmp_path_factory):
     on the dask executor (existing scheduler), each into its own work dir and Dagster instance."""
     from orchestration.definitions import build_definitions
     from orchestration.executors import stage_runner
-    from pipelines.distributed import resident_loads
+    from pipelines.features.sharding import resident_loads
 
     out = {}
     for executor in ("in_process", "multiprocess", "dask"):
@@ -94,7 +94,7 @@ def engines(raw, client, tmp_path_factory):
 
 
 def test_same_embeddings_store_and_data_versions_on_every_executor(engines):
-    from pipelines.features import load_matrix
+    from pipelines.features.matrices import load_matrix
 
     ref = engines["in_process"]
     ref_manifest = pd.read_parquet(ref["work"] / "assets" / "text_embeddings" / "myntra.parquet")
@@ -147,11 +147,11 @@ def test_workers_size_dagster_step_events(engines, client):
 
 
 def test_batch_predictions_identical_in_process_and_on_the_cluster(engines, client, tmp_path):
-    from pipelines.catalogue import read_products
-    from pipelines.distributed import predict_distributed
-    from pipelines.features import load_matrix
-    from pipelines.taxonomy import load_taxonomy
-    from pipelines.train import load_model, predict, strategy_config, train_classifier
+    from pipelines.ingest.catalogue import read_products
+    from pipelines.features.sharding import predict_distributed
+    from pipelines.features.matrices import load_matrix
+    from pipelines.taxonomy.tree import load_taxonomy
+    from pipelines.classify.train import load_model, predict, strategy_config, train_classifier
 
     work = engines["in_process"]["work"]
     products = read_products(work / "assets" / "normalized_products" / "myntra.parquet")
@@ -172,10 +172,10 @@ def test_batch_predictions_identical_in_process_and_on_the_cluster(engines, clie
 
 
 def test_worker_killed_mid_shard_run_completes_store_whole_nothing_recomputed(client, tmp_path):
-    from pipelines.distributed import embed_distributed, resident_loads
-    from pipelines.embed_store import embed_texts, text_of
-    from pipelines.encoders import encoder_config, load_encoder
-    from pipelines.normalize import normalize_platform
+    from pipelines.features.sharding import embed_distributed, resident_loads
+    from pipelines.features.store import embed_texts, text_of
+    from pipelines.features.encoders import encoder_config, load_encoder
+    from pipelines.ingest.normalize import normalize_platform
 
     products = normalize_platform("hm", SAMPLE_DIR / "hm", verify_images=False).products  # long texts: slow shards
     texts = [text_of(t, d) for t, d in zip(products["title"], products["description"])][:KILL_TEXTS]

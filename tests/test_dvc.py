@@ -1,4 +1,4 @@
-"""dvc.yaml drives the same code as Dagster: its stages, deps, params and outputs agree with pipelines.stages,
+"""dvc.yaml drives the same code as Dagster: its stages, deps, params and outputs agree with orchestration.dvc_stages,
 params.yaml and what the stages really write. The full `dvc repro` in a clone is `slow` (make test-slow)."""
 import json
 import os
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines import stages
-from pipelines.config import ROOT, SAMPLE_DIR
-from pipelines.train import STRATEGIES
+from orchestration import dvc_stages as stages
+from pipelines.settings import ROOT, SAMPLE_DIR
+from pipelines.classify.train import STRATEGIES
 
 DVC = ROOT / ".venv-dvc" / "bin" / "dvc"
 
@@ -49,7 +49,7 @@ def test_every_stage_runs_a_pipelines_stage_covering_the_main_job(pipeline):
 
     dvc, _ = pipeline
     for name, stage in dvc["stages"].items():
-        assert stage["cmd"] == f"python -m pipelines.stages {name}" and name in stages.STAGES
+        assert stage["cmd"] == f"python -m orchestration.dvc_stages {name}" and name in stages.STAGES
     main_job = set().union(*(stage_assets(defs, selection) for selection, _ in main_job_stages()))
     covered = set().union(*(stages.STAGES[name] for name in dvc["stages"]))
     # each DVC stage names real assets, and together they run every asset of the main job but the pending ones
@@ -76,8 +76,8 @@ def dvc_work(pipeline) -> str:
 
 def test_declared_params_exist_and_the_code_reads_them(pipeline, monkeypatch):
     from orchestration.assets.embeddings import EncoderChoice
-    from pipelines import config
-    from pipelines.train import STRATEGY_DIR
+    from pipelines import settings as config
+    from pipelines.classify.train import STRATEGY_DIR
 
     dvc, params = pipeline
     for name, stage in dvc["stages"].items():

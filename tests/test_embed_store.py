@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.config import SAMPLE_DIR
-from pipelines.embed_store import EmbeddingStore, embed_images, embed_texts
-from pipelines.encoders import load_encoder
+from pipelines.settings import SAMPLE_DIR
+from pipelines.features.store import EmbeddingStore, embed_images, embed_texts
+from pipelines.features.encoders import load_encoder
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +67,8 @@ def test_bad_inputs_are_per_item_failures_not_zero_vectors(tmp_path):
 
 KILL_SCRIPT = """
 import sys, time
-import pipelines.embed_store as es
-from pipelines.encoders import load_encoder
+import pipelines.features.store as es
+from pipelines.features.encoders import load_encoder
 es.CHUNK = 64
 enc = load_encoder({"name": "tiny-roberta", "family": "hf_text", "model": sys.argv[1], "max_length": 16})
 orig = enc.encode

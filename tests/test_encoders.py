@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.config import SAMPLE_DIR
-from pipelines.encoders import EncoderError, load_encoder
+from pipelines.settings import SAMPLE_DIR
+from pipelines.features.encoders import EncoderError, load_encoder
 
 
 def test_roberta_loads_from_local_path_and_pools(tiny_roberta):

@@ -4,7 +4,7 @@ import torch
 
 from models.fusion import build_fusion
 from models.hierarchy import Hierarchy
-from pipelines.taxonomy import load_taxonomy
+from pipelines.taxonomy.tree import load_taxonomy
 
 
 def hierarchy():

@@ -8,7 +8,7 @@ import pytest
 from dagster import AssetKey, AssetSelection, DagsterInstance, MultiPartitionKey
 
 from orchestration.jobs import run_stage
-from pipelines.config import PLATFORMS
+from pipelines.settings import PLATFORMS
 
 
 def _cell(holdout, strategy):
@@ -52,7 +52,7 @@ def test_partition_mapping_trains_on_the_other_shops(holdout_world):
 
 
 def test_unseen_shop_metrics_and_missing_modalities(holdout_world):
-    from pipelines.catalogue import read_products
+    from pipelines.ingest.catalogue import read_products
 
     work = holdout_world["root"] / "work"
     for h in PLATFORMS:
@@ -102,7 +102,7 @@ def test_changing_one_shop_stales_only_what_reads_it(holdout_world):
 
 
 def test_report_matrix_gap_and_heatmap(tmp_path):
-    from pipelines.holdout import add_to_benchmark_report
+    from pipelines.classify.holdout import add_to_benchmark_report
 
     def cell(h, s, v):
         return {"holdout": h, "strategy": s, "test": {"hF1": v, "acc_L1": v, "acc_L2": v, "acc_L3": v},
@@ -128,7 +128,7 @@ def test_report_matrix_gap_and_heatmap(tmp_path):
 
 
 def test_title_normalisation_and_few_shot_rows():
-    from pipelines.holdout import few_shot_rows, normalise_title
+    from pipelines.classify.holdout import few_shot_rows, normalise_title
 
     assert normalise_title("Puma Men's Grey T-shirt (Pack of 2)", "Puma") == "men grey t-shirt"
     assert normalise_title("Alisha Solid Women's Cycling Shorts", "Alisha") == "solid women cycling shorts"

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.config import PLATFORMS
-from pipelines.infer import (TwoStage, abstain, candidate_thresholds, classify_export, hf1, hf1_counts,
+from pipelines.settings import PLATFORMS
+from pipelines.inference.two_stage import (TwoStage, abstain, candidate_thresholds, classify_export, hf1, hf1_counts,
                              routed_counts)
-from pipelines.metrics import hierarchical_prf
-from pipelines.taxonomy import load_taxonomy, parse_path
+from pipelines.classify.metrics import hierarchical_prf
+from pipelines.taxonomy.tree import load_taxonomy, parse_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,8 +34,8 @@ def test_hf1_counts_match_metrics():
 
 
 def test_threshold_meets_target_on_val_and_is_minimal(two_stage_models, sample_training):
-    from pipelines.infer import Stage, load_lexical, lexical_features, product_texts
-    from pipelines.train import load_model
+    from pipelines.inference.two_stage import Stage, load_lexical, lexical_features, product_texts
+    from pipelines.classify.train import load_model
 
     routing, t = two_stage_models["routing"], sample_training
     val = np.flatnonzero(t["split"] == "val")
@@ -96,12 +96,12 @@ def test_two_stage_abstention_gives_valid_ancestors(two_stage_models, sample_tra
 
 
 def test_classify_cli_on_raw_sample_exports(two_stage_models, tmp_path):
-    from pipelines.normalize import normalize_platform
+    from pipelines.ingest.normalize import normalize_platform
 
     env = {**os.environ, "PRODCAT_WORK": str(two_stage_models["work"]), "PRODCAT_DATA": str(two_stage_models["raw"]),
            "PRODCAT_QUIET": "1"}
     out = tmp_path / "myntra.csv"
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "classify", "--platform", "myntra", "--input",
+    proc = subprocess.run([sys.executable, "-m", "orchestration.cli", "classify", "--platform", "myntra", "--input",
                            str(ROOT / "data" / "sample" / "myntra"), "--out", str(out), "--model",
                            str(two_stage_models["stage2_dir"]), "--quiet"], env=env, capture_output=True, text=True,
                           timeout=300)
@@ -133,7 +133,7 @@ def test_classify_cli_on_raw_sample_exports(two_stage_models, tmp_path):
 
 def test_classify_rejects_bad_output_suffix(two_stage_models, tmp_path):
     env = {**os.environ, "PRODCAT_WORK": str(two_stage_models["work"]), "PRODCAT_QUIET": "1"}
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "classify", "--platform", "hm", "--input",
+    proc = subprocess.run([sys.executable, "-m", "orchestration.cli", "classify", "--platform", "hm", "--input",
                            str(ROOT / "data" / "sample" / "hm"), "--out", str(tmp_path / "x.xlsx"), "--stage",
                            "stage1"], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and ".parquet or .csv" in proc.stderr

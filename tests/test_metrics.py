@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from pipelines.metrics import evaluate, expected_calibration_error, hierarchical_prf
-from pipelines.taxonomy import load_taxonomy
+from pipelines.classify.metrics import evaluate, expected_calibration_error, hierarchical_prf
+from pipelines.taxonomy.tree import load_taxonomy
 
 
 def test_kiritchenko_by_hand():

@@ -8,11 +8,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.catalogue import read_products
-from pipelines.config import PLATFORMS, SAMPLE_DIR
-from pipelines.normalize import normalize_platform
-from pipelines.platforms import BadExport
-from pipelines.taxonomy import load_taxonomy
+from pipelines.ingest.catalogue import read_products
+from pipelines.settings import PLATFORMS, SAMPLE_DIR
+from pipelines.ingest.normalize import normalize_platform
+from pipelines.ingest.shops import BadExport
+from pipelines.taxonomy.tree import load_taxonomy
 
 
 def count_records(path: Path) -> int:
@@ -22,7 +22,7 @@ def count_records(path: Path) -> int:
 
 @pytest.mark.parametrize("platform", PLATFORMS)
 def test_sample_counts_add_up_and_paths_are_valid(platform):
-    from pipelines.platforms import get_adapter
+    from pipelines.ingest.shops import get_adapter
 
     result = normalize_platform(platform, SAMPLE_DIR / platform)
     cov = result.coverage
@@ -104,14 +104,14 @@ def test_missing_columns_named_in_error(tmp_path):
 
 def test_cli_normalize_writes_outputs_and_reports_errors_cleanly(tmp_path):
     out = tmp_path / "out"
-    run = subprocess.run([sys.executable, "-m", "pipelines.cli", "normalize", "--platform", "hm",
+    run = subprocess.run([sys.executable, "-m", "orchestration.cli", "normalize", "--platform", "hm",
                           "--input", str(SAMPLE_DIR / "hm"), "--out", str(out)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     products = read_products(out / "products.parquet")
     quarantine = pd.read_parquet(out / "quarantine.parquet")
     assert "reason" in quarantine.columns and len(products) > 500
     assert isinstance(products["category_path"].iloc[0], list)
-    bad = subprocess.run([sys.executable, "-m", "pipelines.cli", "normalize", "--platform", "hm",
+    bad = subprocess.run([sys.executable, "-m", "orchestration.cli", "normalize", "--platform", "hm",
                           "--input", str(tmp_path / "nowhere"), "--out", str(out)], capture_output=True, text=True)
     assert bad.returncode == 2
     assert "does not exist" in bad.stderr and "Traceback" not in bad.stderr
@@ -119,8 +119,8 @@ def test_cli_normalize_writes_outputs_and_reports_errors_cleanly(tmp_path):
 
 @pytest.mark.parametrize("platform", PLATFORMS)
 def test_full_benchmark_counts_add_up_and_fashion_is_mapped(platform):
-    from pipelines.config import BENCHMARK_DIR
-    from pipelines.platforms import get_adapter
+    from pipelines.settings import BENCHMARK_DIR
+    from pipelines.ingest.shops import get_adapter
 
     src = BENCHMARK_DIR / platform
     result = normalize_platform(platform, src, verify_images=False)  # image decoding is covered on the sample

@@ -6,7 +6,7 @@ from dagster import AssetKey, AssetSelection, DagsterInstance, materialize
 
 from orchestration.definitions import build_definitions
 from orchestration.jobs import run_stage
-from pipelines.config import SAMPLE_DIR
+from pipelines.settings import SAMPLE_DIR
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import recategorise as R
+from pipelines.recategorise import pipeline as R
 
 SMALL = {"simclr": {"epochs": 2, "image_views": 2, "image_size": 64, "batch_size": 64, "max_train_products": 150},
          "umap": {"n_neighbors": 15, "view_neighbors": 15}, "proposals": {"grid": 8, "thumb": 48}}
@@ -122,8 +122,8 @@ def test_centring_per_shop_lets_types_cluster_across_shops():
 
 
 def test_candidate_scores_and_dispersion_sample():
-    from pipelines.config import SAMPLE_DIR
-    from pipelines.taxonomy import load_taxonomy
+    from pipelines.settings import SAMPLE_DIR
+    from pipelines.taxonomy.tree import load_taxonomy
 
     products = R.load_products(SAMPLE_DIR)
     rows = R.dispersion_rows(products, 5)
@@ -146,7 +146,7 @@ def dagster_run(tmp_path_factory):
 
     from orchestration.definitions import build_definitions
     from orchestration.jobs import _definitions_parts
-    from pipelines.config import SAMPLE_DIR
+    from pipelines.settings import SAMPLE_DIR
 
     work = tmp_path_factory.mktemp("recat") / "work"
     catalogue = R.load_products(SAMPLE_DIR)
@@ -213,9 +213,9 @@ def test_html_reports_open_with_inline_plots(dagster_run):
 
 
 def test_accept_writes_a_new_version_and_relabels(dagster_run, tmp_path):
-    from pipelines.cli import main
-    from pipelines.config import MAPPINGS_DIR, TAXONOMY_PATH
-    from pipelines.taxonomy import load_taxonomy, parse_path
+    from orchestration.cli import main
+    from pipelines.settings import MAPPINGS_DIR, TAXONOMY_PATH
+    from pipelines.taxonomy.tree import load_taxonomy, parse_path
 
     before = hashlib.sha256(TAXONOMY_PATH.read_bytes()).hexdigest()
     report = dagster_run["work"] / "recategorisation"
@@ -249,7 +249,7 @@ def test_accept_writes_a_new_version_and_relabels(dagster_run, tmp_path):
 
 
 def test_cli_rejects_an_unknown_node(tmp_path, capsys):
-    from pipelines.cli import main
+    from orchestration.cli import main
 
     assert main(["recategorise", "--data", "sample", "--out", str(tmp_path), "--node", "Footwear > Nope"]) == 2
     assert "not in the taxonomy" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from dagster import (AssetKey, AssetMaterialization, DagsterInstance, build_sens
 
 from orchestration.definitions import build_definitions
 from orchestration.schedules import DROP_TARGET, RETRAIN, raw_export_drop, weekly_retraining
-from pipelines.config import PLATFORMS, SAMPLE_DIR
+from pipelines.settings import PLATFORMS, SAMPLE_DIR
 
 NP = AssetKey("normalized_products")
 
@@ -130,7 +130,7 @@ def test_retrained_model_becomes_champion_only_if_better_and_the_decision_is_in_
     import mlflow
     from mlflow import MlflowClient
 
-    from pipelines.train import REGISTERED_MODEL, _use, register_champion
+    from pipelines.classify.train import REGISTERED_MODEL, _use, register_champion
 
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     _use(uri)

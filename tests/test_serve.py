@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipelines.taxonomy import load_taxonomy
+from pipelines.taxonomy.tree import load_taxonomy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,7 @@ def server(two_stage_models, tmp_path_factory):
     env = {**os.environ, "PRODCAT_WORK": str(two_stage_models["work"]), "PRODCAT_DATA": str(two_stage_models["raw"]),
            "PRODCAT_QUIET": "1"}
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--port", str(port), "--model",
+        proc = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "serve", "--port", str(port), "--model",
                                  str(two_stage_models["stage2_dir"])], env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -1,6 +1,6 @@
-from pipelines.mapping import load_mapping
-from pipelines.config import MAPPINGS_DIR, PLATFORMS
-from pipelines.taxonomy import load_taxonomy
+from pipelines.ingest.mapping import load_mapping
+from pipelines.settings import MAPPINGS_DIR, PLATFORMS
+from pipelines.taxonomy.tree import load_taxonomy
 
 
 def test_taxonomy_shape():

@@ -8,9 +8,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from pipelines.metrics import evaluate
-from pipelines.taxonomy import load_taxonomy
-from pipelines.train import load_model, predict, strategy_config, train_baselines, train_classifier
+from pipelines.classify.metrics import evaluate
+from pipelines.taxonomy.tree import load_taxonomy
+from pipelines.classify.train import load_model, predict, strategy_config, train_baselines, train_classifier
 
 TAX = load_taxonomy()
 
@@ -22,8 +22,8 @@ def cheap():
     from sklearn.decomposition import TruncatedSVD
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    from pipelines.config import PLATFORMS, SAMPLE_DIR
-    from pipelines.normalize import normalize_platform
+    from pipelines.settings import PLATFORMS, SAMPLE_DIR
+    from pipelines.ingest.normalize import normalize_platform
 
     df = pd.concat([normalize_platform(p, SAMPLE_DIR / p).products for p in PLATFORMS], ignore_index=True)
     split = df["split"].to_numpy()
@@ -128,7 +128,7 @@ def test_mlflow_run_artifacts_and_champion_alias(cheap, tmp_path):
     import mlflow
     from mlflow import MlflowClient
 
-    from pipelines.train import REGISTERED_MODEL, champion_dir, register_champion
+    from pipelines.classify.train import REGISTERED_MODEL, champion_dir, register_champion
 
     d, uri = cheap, f"sqlite:///{tmp_path / 'mlflow.db'}"
     try:

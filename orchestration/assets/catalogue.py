@@ -8,10 +8,10 @@ from dagster import (AssetExecutionContext, AssetIn, DataVersion, DataVersionsBy
                      asset, observable_source_asset)
 
 from orchestration.partitions import platform_partitions
-from orchestration.resources import ProdcatPaths
-from pipelines import catalogue as cat
-from pipelines.normalize import normalize_platform
-from pipelines.platforms import get_adapter
+from orchestration.resources import ProdcatSettings
+from pipelines.ingest import catalogue as cat
+from pipelines.ingest.normalize import normalize_platform
+from pipelines.ingest.shops import get_adapter
 
 
 def export_fingerprint(raw_dir) -> str:
@@ -28,17 +28,17 @@ def export_fingerprint(raw_dir) -> str:
 
 @observable_source_asset(partitions_def=platform_partitions, group_name="catalogue",
                          description="A shop's raw export (CSV + images); data version = hash of its files.")
-def raw_export(paths: ProdcatPaths):
-    return DataVersionsByPartition({p: DataVersion(export_fingerprint(paths.raw_dir(p)))
+def raw_export(settings: ProdcatSettings):
+    return DataVersionsByPartition({p: DataVersion(export_fingerprint(settings.raw_dir(p)))
                                     for p in platform_partitions.get_partition_keys()})
 
 
 @asset(partitions_def=platform_partitions, group_name="catalogue", deps=[raw_export], code_version="1",
        description="Products of one shop in the shared taxonomy (canonical schema); quarantine + coverage beside it.")
-def normalized_products(context: AssetExecutionContext, paths: ProdcatPaths) -> Output[pd.DataFrame]:
+def normalized_products(context: AssetExecutionContext, settings: ProdcatSettings) -> Output[pd.DataFrame]:
     platform = context.partition_key
-    result = normalize_platform(platform, paths.raw_dir(platform))
-    out = result.write(paths.work("normalized", platform))
+    result = normalize_platform(platform, settings.raw_dir(platform))
+    out = result.write(settings.work("normalized", platform))
     cov = result.coverage
     return Output(result.products, data_version=DataVersion(cat.content_hash(result.products)), metadata={
         "rows_in": cov["rows_in"], "rows_normalised": cov["rows_normalised"],

@@ -3,23 +3,16 @@ import hashlib
 
 import numpy as np
 import pandas as pd
-from dagster import (AllPartitionMapping, AssetExecutionContext, AssetIn, ConfigurableResource, DataVersion, MetadataValue, Output,
+from dagster import (AllPartitionMapping, AssetExecutionContext, AssetIn, DataVersion, MetadataValue, Output,
                      asset)
 
 from orchestration.partitions import platform_partitions
-from orchestration.resources import ProdcatPaths
-from pipelines.features import load_matrix, save_matrix
+from orchestration.resources import ProdcatSettings
+from pipelines.features.matrices import load_matrix, save_matrix
 
 
-class EncoderChoice(ConfigurableResource):
-    """Which encoders embed the catalogue (names in models/configs/encoders.yaml)."""
-
-    text: str = "minilm"
-    image: str = "efficientnet-lite0"
-
-
-def _embedding_output(context, paths, modality, platform, manifest, matrix):
-    _, matrix_hash = save_matrix(paths.work(), modality, platform, matrix)
+def _embedding_output(context, settings, modality, platform, manifest, matrix):
+    _, matrix_hash = save_matrix(settings.work(), modality, platform, matrix)
     version = hashlib.sha256((matrix_hash + "|".join(manifest["uid"])).encode()).hexdigest()[:16]
     errors = manifest.loc[~manifest["ok"], "error"].value_counts().head(5).to_dict()
     return Output(manifest, data_version=DataVersion(version), metadata={
@@ -29,33 +22,33 @@ def _embedding_output(context, paths, modality, platform, manifest, matrix):
     })
 
 
-def _embed(context, paths, encoders, modality, products):
-    from pipelines.distributed import cluster_client, embed_products_distributed
-    from pipelines.embed_store import embed_products
+def _embed(context, settings, modality, products):
+    from pipelines.features.sharding import cluster_client, embed_products_distributed
+    from pipelines.features.store import embed_products
 
-    spec = encoders.text if modality == "text" else encoders.image
+    spec = settings.text_encoder if modality == "text" else settings.image_encoder
     with cluster_client() as client:  # on the dask executor or with PRODCAT_DASK_SCHEDULER: shards over the cluster
         if client is None:
-            manifest, matrix = embed_products(products, modality, spec, paths.work("store"))
+            manifest, matrix = embed_products(products, modality, spec, settings.work("store"))
         else:
-            manifest, matrix = embed_products_distributed(products, modality, spec, paths.work("store"), client)
-    return _embedding_output(context, paths, modality, context.partition_key, manifest, matrix)
+            manifest, matrix = embed_products_distributed(products, modality, spec, settings.work("store"), client)
+    return _embedding_output(context, settings, modality, context.partition_key, manifest, matrix)
 
 
 @asset(partitions_def=platform_partitions, group_name="embeddings", code_version="1",
        ins={"products": AssetIn("normalized_products")},
        description="Text embeddings (title . description) per platform, from the content-addressed store.")
-def text_embeddings(context: AssetExecutionContext, paths: ProdcatPaths, encoders: EncoderChoice,
+def text_embeddings(context: AssetExecutionContext, settings: ProdcatSettings,
                     products: pd.DataFrame):
-    return _embed(context, paths, encoders, "text", products)
+    return _embed(context, settings, "text", products)
 
 
 @asset(partitions_def=platform_partitions, group_name="embeddings", code_version="1",
        ins={"products": AssetIn("normalized_products")},
        description="Image embeddings per platform; products without a decodable image are marked, not zero-filled.")
-def image_embeddings(context: AssetExecutionContext, paths: ProdcatPaths, encoders: EncoderChoice,
+def image_embeddings(context: AssetExecutionContext, settings: ProdcatSettings,
                      products: pd.DataFrame):
-    return _embed(context, paths, encoders, "image", products)
+    return _embed(context, settings, "image", products)
 
 
 def _stack(manifests: dict, modality: str, work) -> tuple[pd.DataFrame, np.ndarray]:
@@ -67,17 +60,17 @@ def _stack(manifests: dict, modality: str, work) -> tuple[pd.DataFrame, np.ndarr
 @asset(group_name="embeddings", code_version="1",
        ins={"text": AssetIn("text_embeddings"), "image": AssetIn("image_embeddings"), "splits": AssetIn("splits")},
        description="Projection heads aligning text and image embeddings (symmetric InfoNCE on train pairs).")
-def joint_space(context: AssetExecutionContext, paths: ProdcatPaths, text: dict, image: dict,
+def joint_space(context: AssetExecutionContext, settings: ProdcatSettings, text: dict, image: dict,
                 splits: pd.DataFrame) -> Output[pd.DataFrame]:
     from models.alignment import retrieval_recall, save_heads, train_alignment
 
-    work = paths.work()
+    work = settings.work()
     t_man, t_mat = _stack(text, "text", work)
     i_man, i_mat = _stack(image, "image", work)
     split = splits.set_index("uid")["split"].reindex(t_man["uid"]).to_numpy()
     pairs = t_man["ok"].to_numpy() & i_man["ok"].to_numpy()
     heads = train_alignment(np.nan_to_num(t_mat), np.nan_to_num(i_mat), pairs & (split == "train"))
-    out = save_heads(heads, paths.work("joint_space"))
+    out = save_heads(heads, settings.work("joint_space"))
     val = np.flatnonzero(pairs & (split == "val"))[:2000]
     recall = retrieval_recall(heads, t_mat[val], i_mat[val]) if len(val) > 1 else {}
     digest = hashlib.sha256((out / "alignment.safetensors").read_bytes()).hexdigest()[:16]
@@ -92,12 +85,12 @@ def joint_space(context: AssetExecutionContext, paths: ProdcatPaths, text: dict,
        ins={"text": AssetIn("text_embeddings"), "image": AssetIn("image_embeddings"),
             "space": AssetIn("joint_space")},
        description="Joint image-text vectors per platform (text-only products get their text projection).")
-def joint_embeddings(context: AssetExecutionContext, paths: ProdcatPaths, text: pd.DataFrame, image: pd.DataFrame,
+def joint_embeddings(context: AssetExecutionContext, settings: ProdcatSettings, text: pd.DataFrame, image: pd.DataFrame,
                      space: pd.DataFrame):
     from models.alignment import joint_embed, load_heads
 
-    platform, work = context.partition_key, paths.work()
-    heads = load_heads(paths.work("joint_space"))
+    platform, work = context.partition_key, settings.work()
+    heads = load_heads(settings.work("joint_space"))
     t_mat, i_mat = load_matrix(work, "text", platform), load_matrix(work, "image", platform)
     has_image = image["ok"].to_numpy()
     matrix = joint_embed(heads, np.nan_to_num(t_mat), np.nan_to_num(i_mat), has_image)
@@ -105,16 +98,16 @@ def joint_embeddings(context: AssetExecutionContext, paths: ProdcatPaths, text: 
                              "error": text["error"], "content_hash": text["content_hash"]})
     matrix[~manifest["ok"].to_numpy()] = np.nan
     manifest.attrs.update(encoder="alignment-heads", n_computed=len(manifest), n_cached=0)
-    return _embedding_output(context, paths, "joint", platform, manifest, matrix)
+    return _embedding_output(context, settings, "joint", platform, manifest, matrix)
 
 
 @asset(group_name="embeddings", code_version="2",
        ins={"products": AssetIn("normalized_products", partition_mapping=AllPartitionMapping())},
        description="Lexical view fitted on the train split: word + char TF-IDF -> SVD (256-d), and a TF-IDF + "
                    "LinearSVC expert whose per-class scores fusion models read (out-of-fold on train rows).")
-def lexical_space(paths: ProdcatPaths, products: dict) -> Output[pd.DataFrame]:
-    from pipelines import lexical
-    from pipelines.embed_store import text_of
+def lexical_space(settings: ProdcatSettings, products: dict) -> Output[pd.DataFrame]:
+    from pipelines.features import lexical
+    from pipelines.features.store import text_of
 
     table = pd.concat([products[k] for k in sorted(products)], ignore_index=True)
     train = table[table["split"] == "train"].reset_index(drop=True)
@@ -122,7 +115,7 @@ def lexical_space(paths: ProdcatPaths, products: dict) -> Output[pd.DataFrame]:
     svd = lexical.fit_lexical(texts)
     expert, classes, oof = lexical.fit_expert(texts, train["category_path"].tolist(),
                                               (train["platform"] + train["group_id"]).tolist())
-    out = paths.work("lexical_space")
+    out = settings.work("lexical_space")
     path = lexical.save({"svd": svd, "expert": expert}, out)
     uids = (train["platform"] + ":" + train["product_id"].astype(str)).to_numpy()
     np.save(out / "oof_scores.npy", oof)
@@ -138,12 +131,12 @@ def lexical_space(paths: ProdcatPaths, products: dict) -> Output[pd.DataFrame]:
 @asset(partitions_def=platform_partitions, group_name="embeddings", code_version="2",
        ins={"products": AssetIn("normalized_products"), "space": AssetIn("lexical_space")},
        description="Lexical vectors per platform: [TF-IDF SVD | lexical expert scores (out-of-fold on train rows)].")
-def lexical_embeddings(context: AssetExecutionContext, paths: ProdcatPaths, products: pd.DataFrame,
+def lexical_embeddings(context: AssetExecutionContext, settings: ProdcatSettings, products: pd.DataFrame,
                        space: pd.DataFrame):
-    from pipelines import lexical
-    from pipelines.embed_store import text_of
+    from pipelines.features import lexical
+    from pipelines.features.store import text_of
 
-    out = paths.work("lexical_space")
+    out = settings.work("lexical_space")
     fitted = lexical.load(out)
     texts = [text_of(t, d) for t, d in zip(products["title"], products["description"])]
     uids = (products["platform"] + ":" + products["product_id"].astype(str)).to_numpy()
@@ -156,4 +149,4 @@ def lexical_embeddings(context: AssetExecutionContext, paths: ProdcatPaths, prod
     manifest = pd.DataFrame({"uid": uids, "ok": np.array([bool(t.strip()) for t in texts]), "error": "",
                              "content_hash": ""})
     manifest.attrs.update(encoder="tfidf-svd+svm-expert", n_computed=len(manifest), n_cached=0)
-    return _embedding_output(context, paths, "lexical", context.partition_key, manifest, matrix)
+    return _embedding_output(context, settings, "lexical", context.partition_key, manifest, matrix)

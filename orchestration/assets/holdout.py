@@ -15,9 +15,9 @@ from dagster import (AllPartitionMapping, AssetExecutionContext, AssetIn, DataVe
 
 from orchestration.assets.classifiers import strategy_partitions
 from orchestration.partitions import platform_partitions
-from orchestration.resources import ProdcatPaths
-from pipelines import config
-from pipelines.config import PLATFORMS
+from orchestration.resources import ProdcatSettings
+from pipelines import settings as config
+from pipelines.settings import PLATFORMS
 
 FROZEN = ("text", "image", "joint")
 holdout_partitions = MultiPartitionsDefinition({"holdout": platform_partitions, "strategy": strategy_partitions})
@@ -38,12 +38,12 @@ def _digest(*files: Path) -> str:
             **{m: AssetIn(f"{m}_embeddings", partition_mapping=TRAINS_ON) for m in FROZEN}},
        description="Training side for an unseen shop: the other shops' train/val rows, their embedding manifests "
                    "and a lexical view (TF-IDF SVD + SVM expert) refitted on them only.")
-def holdout_training_set(context: AssetExecutionContext, paths: ProdcatPaths, products: dict, text: dict,
+def holdout_training_set(context: AssetExecutionContext, settings: ProdcatSettings, products: dict, text: dict,
                          image: dict, joint: dict) -> Output[pd.DataFrame]:
-    from pipelines.holdout import build_training_set
+    from pipelines.classify.holdout import build_training_set
 
     holdout = context.partition_key
-    out = paths.work("holdout", holdout, "training_set")
+    out = settings.work("holdout", holdout, "training_set")
     summary = build_training_set(products, {"text": text, "image": image, "joint": joint}, holdout, out)
     version = _digest(out / "rows.parquet", out / "lexical.npy", *(out / f"manifest_{m}.parquet" for m in FROZEN))
     return Output(pd.DataFrame([{"holdout": holdout, "dir": str(out), **{k: json.dumps(v) if isinstance(v, list)
@@ -59,17 +59,17 @@ def holdout_training_set(context: AssetExecutionContext, paths: ProdcatPaths, pr
             **{m: AssetIn(f"{m}_embeddings", partition_mapping=SAME_HOLDOUT) for m in FROZEN}},
        description="One strategy trained without a shop, evaluated on all of that shop's mapped products and on "
                    "its grouped test split.")
-def holdout_evaluations(context: AssetExecutionContext, paths: ProdcatPaths, training_set: pd.DataFrame,
+def holdout_evaluations(context: AssetExecutionContext, settings: ProdcatSettings, training_set: pd.DataFrame,
                         products: pd.DataFrame, text: pd.DataFrame, image: pd.DataFrame,
                         joint: pd.DataFrame) -> Output[pd.DataFrame]:
-    from pipelines.holdout import evaluate_holdout
-    from pipelines.taxonomy import load_taxonomy
+    from pipelines.classify.holdout import evaluate_holdout
+    from pipelines.taxonomy.tree import load_taxonomy
 
     keys = context.partition_key.keys_by_dimension
     holdout, strategy = keys["holdout"], keys["strategy"]
     res = evaluate_holdout(training_set["dir"].iloc[0], products, {"text": text, "image": image, "joint": joint},
-                           strategy, paths.work(), load_taxonomy(), paths.work("holdout", holdout, strategy),
-                           seed=config.seed())
+                           strategy, settings.work(), load_taxonomy(), settings.work("holdout", holdout, strategy),
+                           seed=settings.seed)
     blob = json.dumps(res, default=float, sort_keys=True)
     test, every = res["test"], res["all"]
     return Output(pd.DataFrame([{"holdout": holdout, "strategy": strategy, "result": blob}]),
@@ -85,18 +85,18 @@ def holdout_evaluations(context: AssetExecutionContext, paths: ProdcatPaths, tra
        ins={"training_set": AssetIn("holdout_training_set"), "products": AssetIn("normalized_products"),
             **{m: AssetIn(f"{m}_embeddings") for m in FROZEN}},
        description="Few-shot adaptation to an unseen shop: test hF1 after adding 1% / 5% of its labelled groups.")
-def holdout_fewshot(context: AssetExecutionContext, paths: ProdcatPaths, training_set: pd.DataFrame,
+def holdout_fewshot(context: AssetExecutionContext, settings: ProdcatSettings, training_set: pd.DataFrame,
                     products: pd.DataFrame, text: pd.DataFrame, image: pd.DataFrame,
                     joint: pd.DataFrame) -> Output[pd.DataFrame]:
-    from pipelines.holdout import few_shot_curve, load_config
-    from pipelines.taxonomy import load_taxonomy
+    from pipelines.classify.holdout import few_shot_curve, load_config
+    from pipelines.taxonomy.tree import load_taxonomy
 
     cfg = load_config()
     holdout = context.partition_key
     curve = few_shot_curve(training_set["dir"].iloc[0], products, {"text": text, "image": image, "joint": joint},
-                           cfg["fewshot"]["strategy"], paths.work(), load_taxonomy(),
-                           paths.work("holdout", holdout, "fewshot"), cfg["fewshot"]["fractions"], cfg,
-                           seed=config.seed())
+                           cfg["fewshot"]["strategy"], settings.work(), load_taxonomy(),
+                           settings.work("holdout", holdout, "fewshot"), cfg["fewshot"]["fractions"], cfg,
+                           seed=settings.seed)
     table = pd.DataFrame(curve).assign(holdout=holdout, strategy=cfg["fewshot"]["strategy"])
     return Output(table, metadata={"curve": MetadataValue.md(table.to_markdown(index=False))})
 
@@ -108,16 +108,16 @@ def holdout_fewshot(context: AssetExecutionContext, paths: ProdcatPaths, trainin
             "benchmark": AssetIn("benchmark_report")},
        description="Leave-one-platform-out matrix, generalisation gaps, few-shot curve and heatmap; appended to "
                    "benchmark.md / benchmark.json as the cross-platform section.")
-def holdout_report(paths: ProdcatPaths, evaluations: dict, fewshot: dict, classifiers: dict,
+def holdout_report(settings: ProdcatSettings, evaluations: dict, fewshot: dict, classifiers: dict,
                    benchmark: pd.DataFrame) -> Output[pd.DataFrame]:
-    from pipelines.holdout import add_to_benchmark_report
+    from pipelines.classify.holdout import add_to_benchmark_report
 
     cells = [json.loads(df["result"].iloc[0]) for df in evaluations.values()]
     in_dist = {}
     for strategy, df in classifiers.items():
         per = json.loads(df["metrics"].iloc[0]).get("per_platform", {})
         in_dist[strategy] = {p: m.get("hF1") for p, m in per.items() if m}
-    report, md, png = add_to_benchmark_report(cells, in_dist, fewshot, paths.work("report"))
+    report, md, png = add_to_benchmark_report(cells, in_dist, fewshot, settings.work("report"))
     table = pd.DataFrame([{"strategy": s, "holdout": h, "test_hF1": v}
                           for s, row in report["matrix_test"].items() for h, v in row.items()])
     img = base64.b64encode(png.read_bytes()).decode()

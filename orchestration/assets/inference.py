@@ -6,7 +6,7 @@ import re
 import pandas as pd
 from dagster import AllPartitionMapping, AssetIn, DataVersion, MetadataValue, Output, asset
 
-from orchestration.resources import ProdcatPaths
+from orchestration.resources import ProdcatSettings
 
 ALL = AllPartitionMapping()
 SECTION_START, SECTION_END = "<!-- two-stage:start -->", "<!-- two-stage:end -->"
@@ -16,17 +16,17 @@ SECTION_START, SECTION_END = "<!-- two-stage:start -->", "<!-- two-stage:end -->
        ins={"catalogue": AssetIn("catalogue"), "lexical": AssetIn("lexical_embeddings", partition_mapping=ALL)},
        description="Stage 1: hierarchical masked classifier on the lexical view only (no MiniLM, no images), "
                    "temperature-calibrated per level on validation.")
-def stage1_model(paths: ProdcatPaths, catalogue: pd.DataFrame, lexical: dict) -> Output[pd.DataFrame]:
-    from pipelines.benchmark import training_data
-    from pipelines import config
-    from pipelines.infer import train_stage1
-    from pipelines.taxonomy import load_taxonomy
+def stage1_model(settings: ProdcatSettings, catalogue: pd.DataFrame, lexical: dict) -> Output[pd.DataFrame]:
+    from pipelines.classify.benchmark import training_data
+    from pipelines import settings as config
+    from pipelines.inference.two_stage import train_stage1
+    from pipelines.taxonomy.tree import load_taxonomy
 
-    features, available, labels, split, platforms = training_data(catalogue, {"lexical": lexical}, paths.work())
-    res = train_stage1(features, available, labels, split, load_taxonomy(), paths.work("models", "stage1"),
-                       platforms=platforms, seed=config.seed())
+    features, available, labels, split, platforms = training_data(catalogue, {"lexical": lexical}, settings.work())
+    res = train_stage1(features, available, labels, split, load_taxonomy(), settings.work("models", "stage1"),
+                       platforms=platforms, seed=settings.seed)
     cal = res["calibration"]
-    weights = (paths.work("models", "stage1") / "model.safetensors").read_bytes()
+    weights = (settings.work("models", "stage1") / "model.safetensors").read_bytes()
     digest = hashlib.sha256(weights + json.dumps(cal["temperatures"]).encode()).hexdigest()[:16]
     return Output(pd.DataFrame([{"model_dir": res["model_dir"], "val_hF1": res["val"]["hF1"],
                                  "test_hF1": res["test"]["hF1"], "calibration": json.dumps(cal)}]),
@@ -45,20 +45,20 @@ def stage1_model(paths: ProdcatPaths, catalogue: pd.DataFrame, lexical: dict) ->
        deps=["benchmark_report"],
        description="Routing threshold from stage 1 to the champion, chosen on validation from the target in "
                    "stage1.yaml (routing.json beside stage 1), and the test trade-off report (tradeoff.json/.md/.png).")
-def routing_threshold(paths: ProdcatPaths, stage1: pd.DataFrame, classifiers: dict, catalogue: pd.DataFrame,
+def routing_threshold(settings: ProdcatSettings, stage1: pd.DataFrame, classifiers: dict, catalogue: pd.DataFrame,
                       text: dict, image: dict, joint: dict, lexical: dict) -> Output[pd.DataFrame]:
-    from pipelines.benchmark import training_data
-    from pipelines.infer import fit_routing, product_texts, write_tradeoff_report
-    from pipelines.train import champion_dir
+    from pipelines.classify.benchmark import training_data
+    from pipelines.inference.two_stage import fit_routing, product_texts, write_tradeoff_report
+    from pipelines.classify.train import champion_dir
 
-    work = paths.work()
+    work = settings.work()
     features, available, labels, split, _ = training_data(
         catalogue, {"text": text, "image": image, "joint": joint, "lexical": lexical}, work)
     routing = fit_routing(stage1["model_dir"].iloc[0], champion_dir(), features, available, labels, split, work,
                           texts=product_texts(catalogue["title"], catalogue["description"]),
                           image_paths=catalogue["image_path"].tolist())
-    js, md, png = write_tradeoff_report(routing, paths.work("report"))
-    _add_report_section(paths.work("report") / "benchmark.md", md.read_text())
+    js, md, png = write_tradeoff_report(routing, settings.work("report"))
+    _add_report_section(settings.work("report") / "benchmark.md", md.read_text())
     v, t = routing["val"], routing["test"]
     return Output(pd.DataFrame([{"threshold": routing["threshold"], "routing": json.dumps(routing)}]),
                   data_version=DataVersion(hashlib.sha256(json.dumps(routing, sort_keys=True).encode())

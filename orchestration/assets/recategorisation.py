@@ -9,8 +9,8 @@ import pandas as pd
 from dagster import (AllPartitionMapping, AssetDep, AssetExecutionContext, AssetIn, Config, DataVersion,
                      MetadataValue, Output, StaticPartitionsDefinition, asset)
 
-from orchestration.resources import ProdcatPaths
-from pipelines.taxonomy import load_taxonomy, parse_path, path_str
+from orchestration.resources import ProdcatSettings
+from pipelines.taxonomy.tree import load_taxonomy, parse_path, path_str
 
 
 def node_key(node) -> str:
@@ -56,15 +56,15 @@ def _proposals_md(clusters: pd.DataFrame, n_grids: int = 8) -> str:
        description="SimCLR -> UMAP -> cascade HDBSCAN on the products of one shallow taxonomy node: proposed "
                    "sub-categories (name, size, cohesion, samples, image grid), scored against the shops' native "
                    "fine labels and against k-means on the raw embeddings with the same k.")
-def recategorisation_clusters(context: AssetExecutionContext, paths: ProdcatPaths, config: RecategoriseConfig,
+def recategorisation_clusters(context: AssetExecutionContext, settings: ProdcatSettings, config: RecategoriseConfig,
                               catalogue: pd.DataFrame) -> Output[pd.DataFrame]:
-    from pipelines import recategorise as R
+    from pipelines.recategorise import pipeline as R
 
     cfg = R.load_config(json.loads(config.overrides))
     node = parse_path(context.partition_key)
     products = R.node_products(catalogue, [node])
-    features = R.frozen_features(products, paths.work("store"), cfg)  # cache hits after the embedding assets
-    res = R.recategorise_node(products, node, features, cfg, paths.work("recategorisation", R.node_slug(node)),
+    features = R.frozen_features(products, settings.work("store"), cfg)  # cache hits after the embedding assets
+    res = R.recategorise_node(products, node, features, cfg, settings.work("recategorisation", R.node_slug(node)),
                               log=context.log.info)
     table = res.clusters.copy()
     for col in ("terms", "platforms", "native_counts", "samples"):
@@ -90,17 +90,17 @@ def recategorisation_clusters(context: AssetExecutionContext, paths: ProdcatPath
             "catalogue": AssetIn("catalogue")},
        description="Candidate nodes (size, embedding dispersion, native sub-labels) and index.html over every "
                    "node's recategorisation report, with purity / NMI / ARI against the k-means baseline.")
-def recategorisation_report(paths: ProdcatPaths, config: RecategoriseConfig, clusters: dict,
+def recategorisation_report(settings: ProdcatSettings, config: RecategoriseConfig, clusters: dict,
                             catalogue: pd.DataFrame) -> Output[pd.DataFrame]:
-    from pipelines import recategorise as R
+    from pipelines.recategorise import pipeline as R
 
     cfg = R.load_config(json.loads(config.overrides))
-    out = paths.work("recategorisation")
+    out = settings.work("recategorisation")
     summary = {}
     for key in sorted(clusters):
         node = parse_path(key)
         summary[path_str(node)] = json.loads((out / R.node_slug(node) / "result.json").read_text())
-    candidates = R.scored_candidates(catalogue, paths.work("store"), load_taxonomy(), cfg)
+    candidates = R.scored_candidates(catalogue, settings.work("store"), load_taxonomy(), cfg)
     candidates.to_csv(out / "candidates.csv", index=False)
     index = R.write_summary(summary, candidates, out)
     shown = candidates[candidates["candidate"]].drop(columns=["top_native_labels"])

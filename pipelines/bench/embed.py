@@ -1,0 +1,89 @@
+"""Embedding throughput on the same inputs: bare forward pass vs end-to-end (decode + cache + model),
+cold vs warm cache, peak memory. Prints figures; not a test."""
+from __future__ import annotations
+
+import resource
+import tempfile
+import time
+
+
+
+def _inputs(modality: str, n: int, data: str):
+    import os
+
+    from pipelines.ingest.normalize import normalize_platform
+
+    os.environ["PRODCAT_DATA"] = data
+    from pipelines.settings import data_root
+
+    platform = "myntra" if modality == "image" else "hm"
+    products = normalize_platform(platform, data_root() / platform, verify_images=False).products
+    if modality == "image":
+        # the bare pass opens files directly: keep products whose image file exists (a few Myntra ids have none)
+        from pathlib import Path
+
+        products = products[products["image_path"].notna() & products["image_path"].map(lambda p: Path(str(p)).is_file())]
+    return products.head(n).reset_index(drop=True)
+
+
+def bare_forward(encoder, products, modality: str) -> float:
+    """Items/s of the model alone on already-prepared batches (what the end-to-end path should approach)."""
+    import torch
+
+    from pipelines.features.store import text_of
+
+    if modality == "text":
+        texts = sorted((text_of(t, d) for t, d in zip(products["title"], products["description"])), key=len)
+        t0 = time.perf_counter()
+        for s in range(0, len(texts), encoder.batch_size):
+            encoder.encode(texts[s:s + encoder.batch_size])
+        return len(texts) / (time.perf_counter() - t0)
+    from PIL import Image
+
+    batches = []
+    paths = products["image_path"].tolist()
+    for s in range(0, len(paths), encoder.batch_size):
+        batches.append(torch.stack([encoder.preprocess(Image.open(p)) for p in paths[s:s + encoder.batch_size]]))
+    t0 = time.perf_counter()
+    for x in batches:
+        encoder.encode_tensor(x)
+    return len(paths) / (time.perf_counter() - t0)
+
+
+def main(args) -> int:
+    """Rounds of (bare forward, cold end-to-end into a fresh store, warm re-run), interleaved so that drift in the
+    machine's speed hits both sides of a ratio alike; prints every round and the medians."""
+    import statistics
+
+    from pipelines.features.store import embed_products
+    from pipelines.features.encoders import DEFAULTS, load_encoder
+
+    products = _inputs(args.modality, args.n, args.data)
+    encoder = load_encoder(DEFAULTS[args.modality])
+    encoder.encode(["warm up"]) if args.modality == "text" else None
+    rounds = []
+    for r in range(max(1, args.repeats)):
+        bare = bare_forward(encoder, products, args.modality)
+        with tempfile.TemporaryDirectory() as store:
+            t0 = time.perf_counter()
+            manifest, _ = embed_products(products, args.modality, DEFAULTS[args.modality], store)
+            cold = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            embed_products(products, args.modality, DEFAULTS[args.modality], store)
+            warm = time.perf_counter() - t0
+        computed = manifest.attrs["n_computed"]
+        e2e = computed / cold
+        rounds.append({"bare": bare, "e2e": e2e, "cold": cold, "warm": warm})
+        print(f"round {r + 1}: bare {bare:7.1f} items/s | end-to-end {e2e:7.1f} items/s "
+              f"(ratio {e2e / bare:.3f}) | cold {cold:.2f} s, warm {warm:.3f} s")
+    med = {k: statistics.median(x[k] for x in rounds) for k in rounds[0]}
+    ratio = statistics.median(x["e2e"] / x["bare"] for x in rounds)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"modality={args.modality} items={len(products)} unique_encoded={computed} encoder={encoder.key} "
+          f"rounds={len(rounds)} (medians below)")
+    print(f"bare forward      {med['bare']:8.1f} items/s")
+    print(f"end-to-end (cold) {med['e2e']:8.1f} items/s   ratio e2e/bare = {ratio:.3f}")
+    print(f"cold run {med['cold']:.2f} s   warm run {med['warm']:.3f} s   ratio warm/cold = "
+          f"{statistics.median(x['warm'] / x['cold'] for x in rounds):.4f}")
+    print(f"peak RSS {peak_mb:.0f} MB")
+    return 0

@@ -1,0 +1,358 @@
+"""Content-addressed embedding cache and the batched embedding loop.
+
+Layout: <store>/<encoder key>/shard-<uuid>.npz, each holding `keys` (sha256 of the text or image bytes) and
+`vectors` (float32). The encoder key (name + config + weights hash + preprocessing version) is its own directory,
+so changing an encoder invalidates exactly its entries. Shards are immutable and written to a temp name, fsynced,
+then renamed: a killed run leaves only whole shards, and several processes may write at once (unique names, no
+shared mutable index). The index (key -> shard, row) is rebuilt from the shards' keys on open; vectors are read
+lazily, only from shards that hold something asked for.
+
+    res = embed(texts_or_image_paths, encoder, store_dir)   # EmbedResult: vectors, ok, errors, n_computed, n_cached
+    manifest, matrix = embed_products(products, "text" | "image", "minilm", store_dir)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+CHUNK = 512  # items encoded between two shard writes: the most a killed run loses
+STALE_TMP_SECONDS = 3600  # temp shards older than this belong to a dead writer
+
+
+def text_of(title, description="") -> str:
+    """The text a product is embedded by: title + ' . ' + description."""
+    title, description = _clean(title), _clean(description)
+    return f"{title} . {description}" if description else title
+
+
+def _clean(value) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return str(value).strip()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class EmbeddingStore:
+    """One encoder's namespace of the cache."""
+
+    def __init__(self, root: str | Path, encoder_key: str, dim: int | None = None, meta: dict | None = None):
+        self.dir = Path(root) / encoder_key
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dim = dim
+        self.index: dict[str, tuple[Path, int]] = {}
+        self._keys: dict[Path, int] = {}  # shard -> number of rows
+        self._vectors: dict[Path, np.ndarray] = {}
+        if meta is not None and not (self.dir / "meta.json").exists():
+            self._write_atomic(self.dir / "meta.json", json.dumps(meta, indent=1, default=str).encode())
+        self._sweep_stale_tmp()
+        self.refresh()
+
+    def _sweep_stale_tmp(self):
+        for tmp in self.dir.glob(".tmp-*"):
+            try:
+                if time.time() - tmp.stat().st_mtime > STALE_TMP_SECONDS:
+                    tmp.unlink()
+            except OSError:
+                pass  # another process got there first
+
+    def refresh(self):
+        """Pick up shards written since (by this or another process)."""
+        for shard in sorted(self.dir.glob("shard-*.npz")):
+            if shard in self._keys:
+                continue
+            try:
+                with np.load(shard, allow_pickle=False) as z:
+                    keys, shape = z["keys"], z["vectors"].shape
+                if len(keys) != shape[0] or (self.dim is not None and shape[1] != self.dim):
+                    raise ValueError(f"{len(keys)} keys, vectors {shape}, expected dim {self.dim}")
+            except Exception as e:  # unreadable (disk fault, foreign file): set aside, its items get recomputed
+                bad = shard.with_name(shard.name + ".corrupt")
+                warnings.warn(f"embedding store: unreadable shard {shard} ({type(e).__name__}: {e}); "
+                              f"moved to {bad.name}, its entries will be recomputed")
+                try:
+                    os.replace(shard, bad)
+                except OSError:
+                    pass
+                continue
+            self._keys[shard] = len(keys)
+            for i, k in enumerate(keys.tolist()):
+                self.index.setdefault(k, (shard, i))
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def shards(self) -> list[Path]:
+        return sorted(self._keys)
+
+    def _shard_vectors(self, shard: Path) -> np.ndarray:
+        if shard not in self._vectors:
+            with np.load(shard, allow_pickle=False) as z:
+                self._vectors[shard] = z["vectors"]
+        return self._vectors[shard]
+
+    def get(self, keys: list[str]) -> np.ndarray:
+        if not keys:
+            return np.zeros((0, self.dim or 0), np.float32)
+        return np.stack([self._shard_vectors(s)[i] for s, i in (self.index[k] for k in keys)])
+
+    @staticmethod
+    def _write_atomic(path: Path, data: bytes):
+        tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic: readers see the whole file or none of it
+
+    def put(self, keys: list[str], vectors: np.ndarray):
+        if not keys:
+            return
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if len(keys) != len(vectors) or not np.isfinite(vectors).all():
+            raise ValueError(f"refusing to store {len(keys)} keys with vectors {vectors.shape} (or non-finite values)")
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, keys=np.array(keys), vectors=vectors)
+        shard = self.dir / f"shard-{uuid.uuid4().hex}.npz"
+        self._write_atomic(shard, buf.getvalue())
+        self._keys[shard], self._vectors[shard] = len(keys), vectors
+        for i, k in enumerate(keys):
+            self.index.setdefault(k, (shard, i))
+
+
+def open_store(store, encoder) -> EmbeddingStore:
+    """A store directory (str/Path) or an already open EmbeddingStore for this encoder."""
+    if isinstance(store, EmbeddingStore):
+        if store.dir.name != encoder.key:
+            raise ValueError(f"store namespace {store.dir.name} does not belong to encoder {encoder.key}")
+        store.refresh()
+        return store
+    meta = {"key": encoder.key, "dim": encoder.dim, "modality": encoder.modality, "config": encoder.cfg,
+            "weights_sha256": encoder.weights}
+    return EmbeddingStore(store, encoder.key, encoder.dim, meta)
+
+
+@dataclass
+class EmbedResult:
+    vectors: np.ndarray  # float32 [n, dim]; rows with ok=False are NaN, never a fake vector
+    ok: np.ndarray  # bool [n]
+    errors: list  # str reason or None, per item
+    keys: list  # content sha256 per item ('' when there is no content)
+    n_computed: int = 0  # unique items encoded in this call
+    n_cached: int = 0  # items served from the store
+    seconds: float = 0.0
+    stats: dict = field(default_factory=dict)
+
+
+def _progress(total, desc):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="item", disable=total == 0 or os.environ.get("PRODCAT_QUIET") == "1",
+                mininterval=2.0, smoothing=0.1)
+
+
+def _finish(encoder, store, keys, errors, cached, n_computed, t0) -> EmbedResult:
+    ok = np.array([e is None for e in errors], dtype=bool)
+    vectors = np.full((len(keys), encoder.dim), np.nan, dtype=np.float32)
+    if ok.any():
+        vectors[ok] = store.get([k for k, good in zip(keys, ok) if good])
+    n_cached = int(sum(1 for c, good in zip(cached, ok) if c and good))
+    return EmbedResult(vectors, ok, errors, keys, n_computed, n_cached, time.perf_counter() - t0)
+
+
+class _Writer:
+    """Buffers computed vectors and writes a shard every CHUNK items (and at the end)."""
+
+    def __init__(self, store: EmbeddingStore):
+        self.store, self.keys, self.parts = store, [], []
+
+    def add(self, keys, vectors):
+        self.keys += list(keys)
+        self.parts.append(vectors)
+        if len(self.keys) >= CHUNK:
+            self.flush()
+
+    def flush(self):
+        if self.keys:
+            self.store.put(self.keys, np.concatenate(self.parts))
+        self.keys, self.parts = [], []
+
+
+def embed_texts(texts: list[str], encoder, store) -> EmbedResult:
+    """Encode the distinct texts not in the store, shortest first (batches pad little), then read all back."""
+    t0 = time.perf_counter()
+    store = open_store(store, encoder)
+    texts = [_clean(t) for t in texts]
+    errors = [None if t else "empty text" for t in texts]
+    keys = [sha(t.encode("utf-8")) if t else "" for t in texts]
+    cached = [bool(k) and k in store for k in keys]
+    todo = {k: t for k, t, c in zip(keys, texts, cached) if k and not c}
+    order = sorted(todo, key=lambda k: len(todo[k]))
+    writer, bar = _Writer(store), _progress(len(order), f"embed text [{encoder.key}]")
+    for b in range(0, len(order), encoder.batch_size):
+        batch = order[b:b + encoder.batch_size]
+        writer.add(batch, encoder.encode([todo[k] for k in batch]))
+        bar.update(len(batch))
+    writer.flush()
+    bar.close()
+    return _finish(encoder, store, keys, errors, cached, len(order), t0)
+
+
+class _ImageFiles:
+    """Dataset of (position, tensor or None, error): decoding and preprocessing run in DataLoader workers."""
+
+    def __init__(self, paths, preprocess):
+        self.paths, self.preprocess = paths, preprocess
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        try:
+            with Image.open(self.paths[i]) as im:
+                im.load()  # decode fully now: a truncated JPEG fails here, per item
+                return i, self.preprocess(im), None
+        except Exception as e:  # unreadable bytes are a per-item failure, not a crash
+            return i, None, f"corrupt image: {type(e).__name__}: {e}"[:200]
+
+
+def _collate(items):
+    """In the worker: one stacked tensor per batch (one shared-memory block to hand over, not one per image),
+    the positions it holds, and the per-item failures."""
+    import torch
+
+    ready = [(i, x) for i, x, err in items if err is None]
+    batch = torch.stack([x for _, x in ready]) if ready else None
+    return [i for i, _ in ready], batch, [(i, err) for i, _, err in items if err is not None]
+
+
+def _is_missing(p) -> bool:
+    return p is None or (isinstance(p, float) and np.isnan(p)) or not str(p).strip()
+
+
+def image_keys(paths: list) -> tuple[list, list]:
+    """sha256 of each image file's bytes (the cache key), or the reason there is none."""
+    keys, errors = [], []
+    for p in paths:
+        if _is_missing(p):
+            keys.append(""), errors.append("no image")
+            continue
+        try:
+            data = Path(p).read_bytes()
+        except OSError as e:
+            keys.append(""), errors.append(f"missing image: {e.strerror}: {p}")
+            continue
+        if not data:
+            keys.append(""), errors.append(f"corrupt image: empty file: {p}")
+            continue
+        keys.append(sha(data)), errors.append(None)
+    return keys, errors
+
+
+def loader_workers(num_workers: int | None) -> int:
+    if num_workers is not None:
+        return int(num_workers)
+    return int(os.environ.get("PRODCAT_LOADER_WORKERS", 1))  # one decoder overlaps the model; more steal its cores
+
+
+def embed_images(paths: list, encoder, store, num_workers: int | None = None) -> EmbedResult:
+    """Encode the distinct image files not in the store. One DataLoader (workers decode while the model runs)
+    streams batches; a shard is written every CHUNK items."""
+    from torch.utils.data import DataLoader
+
+    t0 = time.perf_counter()
+    store = open_store(store, encoder)
+    keys, errors = image_keys(paths)
+    cached = [bool(k) and k in store for k in keys]
+    todo = {}
+    for i, (k, e) in enumerate(zip(keys, errors)):
+        if e is None and k not in store and k not in todo:
+            todo[k] = str(paths[i])
+    todo_keys = list(todo)
+    workers = loader_workers(num_workers) if len(todo_keys) > encoder.batch_size else 0
+    loader = DataLoader(_ImageFiles([todo[k] for k in todo_keys], encoder.preprocess), batch_size=encoder.batch_size,
+                        num_workers=workers, collate_fn=_collate, prefetch_factor=4 if workers else None)
+    writer, bar = _Writer(store), _progress(len(todo_keys), f"embed image [{encoder.key}]")
+    failed: dict[str, str] = {}
+    for ready, batch, batch_failed in loader:
+        failed.update((todo_keys[i], err) for i, err in batch_failed)
+        if ready:
+            writer.add([todo_keys[i] for i in ready], encoder.encode_tensor(batch))
+        bar.update(len(ready) + len(batch_failed))
+    writer.flush()
+    bar.close()
+    errors = [failed.get(k, e) if e is None else e for k, e in zip(keys, errors)]
+    return _finish(encoder, store, keys, errors, cached, len(todo_keys) - len(failed), t0)
+
+
+def embed(items: list, encoder, store, kind: str | None = None, num_workers: int | None = None) -> EmbedResult:
+    """Embed texts (kind='text') or image files (kind='image', items are paths; None = no image) through the
+    cache. `kind` defaults to the encoder's modality; a joint (CLIP) encoder needs it."""
+    kind = kind or encoder.modality
+    if encoder.modality == "joint":
+        if kind not in ("text", "image"):
+            raise ValueError(f"{encoder.key} embeds both texts and images: pass kind='text' or kind='image'")
+        encoder = encoder.text_view() if kind == "text" else encoder.image_view()
+    if kind != encoder.modality:
+        raise ValueError(f"encoder {encoder.key} is a {encoder.modality} encoder, asked for {kind!r}")
+    if kind == "text":
+        return embed_texts(list(items), encoder, store)
+    if kind == "image":
+        return embed_images(list(items), encoder, store, num_workers)
+    raise ValueError(f"kind must be 'text' or 'image', got {kind!r}")
+
+
+def product_items(products, modality: str) -> list:
+    """What a product is embedded by: its text (title . description) or its image path."""
+    if modality == "text":
+        return [text_of(t, d) for t, d in zip(products["title"], products["description"])]
+    return products["image_path"].tolist()
+
+
+def product_manifest(products, result):
+    """(uid, ok, error, content hash) per product, in the matrix's row order."""
+    import pandas as pd
+
+    product_id = products["product_id"].astype(str).to_numpy()
+    platform = products["platform"].astype(str).to_numpy()
+    return pd.DataFrame({"product_id": product_id, "platform": platform,
+                         "uid": [f"{p}:{i}" for p, i in zip(platform, product_id)],
+                         "status": np.where(result.ok, "ok", "failed"), "ok": result.ok,
+                         "error": [e or "" for e in result.errors], "content_hash": result.keys})
+
+
+def embed_products(products, modality: str, encoder_cfg, store_dir, num_workers: int | None = None):
+    """Embed a product table's text (title . description) or images through the cache.
+
+    Returns (manifest, matrix): manifest has one row per product in input order — product_id, platform, uid
+    ('platform:product_id'), status ('ok'|'failed'), ok (bool), error ('' when ok), content_hash — and
+    attrs {encoder, dim, n_computed, n_cached, seconds}; matrix is float32 [n, dim] with NaN rows where not ok."""
+    from pipelines.features.encoders import load_encoder
+
+    if modality not in ("text", "image"):
+        raise ValueError(f"modality must be 'text' or 'image', got {modality!r}")
+    encoder = load_encoder(encoder_cfg)
+    result = embed(product_items(products, modality), encoder, store_dir, kind=modality, num_workers=num_workers)
+    manifest = product_manifest(products, result)
+    manifest.attrs.update(encoder=encoder.key if encoder.modality != "joint" else f"{encoder.key}-{modality}",
+                          dim=int(result.vectors.shape[1]), n_computed=result.n_computed, n_cached=result.n_cached,
+                          seconds=round(result.seconds, 2))
+    return manifest, result.vectors

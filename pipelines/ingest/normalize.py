@@ -1,0 +1,162 @@
+"""Raw shop export -> platform-normalised products in the shared taxonomy, plus quarantine and coverage.
+
+Invariant: rows in = products + quarantined rows. Every quarantined row carries a reason.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from pipelines.ingest.mapping import MappingTable, load_mapping
+from pipelines.ingest.shops import BadRow, get_adapter, read_export
+from pipelines.ingest.splits import assign_splits
+from pipelines.taxonomy.tree import Taxonomy, load_taxonomy, path_str
+
+PRODUCT_COLUMNS = ["product_id", "platform", "group_id", "title", "description", "brand", "gender", "image_path",
+                   "image_status", "native_path", "category_path", "split"]
+QUARANTINE_COLUMNS = ["platform", "line", "product_id", "title", "native_path", "reason", "reason_kind"]
+OUT_OF_SCOPE = "out of scope"
+
+
+@dataclass
+class NormalizeResult:
+    products: pd.DataFrame
+    quarantine: pd.DataFrame
+    coverage: dict
+
+    def write(self, out_dir: str | Path) -> Path:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.products.to_parquet(out / "products.parquet", index=False)
+        self.quarantine.to_parquet(out / "quarantine.parquet", index=False)
+        (out / "coverage.json").write_text(json.dumps(self.coverage, indent=2))
+        return out
+
+
+def image_status(path: str | None) -> str:
+    """'ok', 'missing' or 'corrupt: ...' — decodes the whole image so truncated files are caught."""
+    from PIL import Image
+
+    if not path:
+        return "missing"
+    p = Path(path)
+    if not p.is_file():
+        return "missing"
+    try:
+        with Image.open(p) as im:
+            im.load()
+            if im.width < 8 or im.height < 8:
+                return f"corrupt: image too small ({im.width}x{im.height})"
+    except Exception as e:  # PIL raises many types for bad bytes
+        return f"corrupt: {type(e).__name__}: {e}"[:200]
+    return "ok"
+
+
+def check_images(paths: list, workers: int = 4) -> list[str]:
+    # PIL decoding releases the GIL, so threads overlap file IO and decoding
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(image_status, paths, chunksize=64))
+
+
+def quarantine_to(quarantine: list, platform: str):
+    """-> reject(line, reason, rec=None): appends a quarantine record with its reason."""
+    def reject(line, reason, rec=None):
+        rec = rec or {}
+        quarantine.append({"platform": platform, "line": line, "product_id": rec.get("product_id"),
+                           "title": rec.get("title"), "native_path": path_str(rec.get("native_path") or []),
+                           "reason": reason, "reason_kind": reason.split(":")[0]})
+    return reject
+
+
+def checked_records(adapter, input_dir: Path, reject, counter: dict):
+    """The export's rows as adapter records, minus malformed rows, adapter errors, empty titles and duplicate ids
+    (each rejected with its reason). counter["rows_in"] counts every row read. Yields (line, record)."""
+    first_line = {}
+    for line, row, problem in read_export(input_dir / adapter.EXPORT_FILE, adapter.REQUIRED_COLUMNS):
+        counter["rows_in"] += 1
+        if problem:
+            reject(line, problem)
+            continue
+        try:
+            rec = adapter.to_record(row, input_dir)
+        except BadRow as e:
+            reject(line, str(e))
+            continue
+        if not rec["title"]:
+            reject(line, "empty title", rec)
+            continue
+        if rec["product_id"] in first_line:
+            reject(line, f"duplicate id (first seen on line {first_line[rec['product_id']]})", rec)
+            continue
+        first_line[rec["product_id"]] = line
+        yield line, rec
+
+
+def normalize_platform(platform: str, input_dir: str | Path, taxonomy: Taxonomy | None = None,
+                       mapping: MappingTable | None = None, mapping_path: str | Path | None = None,
+                       verify_images: bool = True) -> NormalizeResult:
+    from pipelines.settings import MAPPINGS_DIR
+
+    adapter = get_adapter(platform)
+    input_dir = Path(input_dir)
+    taxonomy = taxonomy or load_taxonomy()
+    mapping = mapping or load_mapping(mapping_path or MAPPINGS_DIR / f"{platform}.csv", taxonomy)
+
+    products, quarantine = [], []
+    reject = quarantine_to(quarantine, platform)
+    counter = {"rows_in": 0}
+    for line, rec in checked_records(adapter, input_dir, reject, counter):
+        rule = mapping.lookup(rec["native_path"])
+        if rule is None:
+            reject(line, f"unknown native category: {path_str(rec['native_path'][:4])}", rec)
+            continue
+        if rule.unmapped_reason:
+            reject(line, f"unmapped: {rule.unmapped_reason}", rec)
+            continue
+        rec["platform"] = platform
+        rec["category_path"] = list(rule.category_path)
+        products.append(rec)
+
+    df = pd.DataFrame(products, columns=[c for c in PRODUCT_COLUMNS if c not in ("image_status", "split")])
+    if verify_images:
+        df["image_status"] = check_images(df["image_path"].tolist())
+    else:
+        df["image_status"] = ["unchecked" if p else "missing" for p in df["image_path"]]
+    # the canonical table only points at images that decode
+    df.loc[~df["image_status"].isin(["ok", "unchecked"]), "image_path"] = None
+    df["split"] = assign_splits(df["group_id"], platform)
+    df = df[PRODUCT_COLUMNS].reset_index(drop=True)
+    quarantined = pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS)
+    coverage = coverage_report(platform, counter["rows_in"], df, quarantined, mapping)
+    assert coverage["rows_in"] == coverage["rows_normalised"] + coverage["rows_quarantined"], coverage
+    return NormalizeResult(df, quarantined, coverage)
+
+
+def coverage_report(platform: str, rows_in: int, products: pd.DataFrame, quarantine: pd.DataFrame,
+                    mapping: MappingTable) -> dict:
+    reasons = quarantine["reason"]
+    unmapped = reasons[reasons.str.startswith("unmapped: ")].str.removeprefix("unmapped: ")
+    out_of_scope = int(unmapped.str.startswith(OUT_OF_SCOPE).sum())
+    unknown = quarantine.loc[quarantine["reason_kind"] == "unknown native category", "native_path"]
+    fashion_rows = rows_in - out_of_scope
+    return {
+        "platform": platform,
+        "mapping_table": mapping.source,
+        "rows_in": rows_in,
+        "rows_normalised": int(len(products)),
+        "rows_quarantined": int(len(quarantine)),
+        "fashion_rows": fashion_rows,
+        "fashion_mapped_share": round(len(products) / fashion_rows, 4) if fashion_rows else 0.0,
+        "unmapped_by_reason": dict(Counter(unmapped).most_common()),
+        "quarantined_by_kind": dict(Counter(quarantine["reason_kind"]).most_common()),
+        "native_categories_not_in_table": dict(Counter(unknown).most_common(50)),
+        "mapped_depth": {str(k): int(v) for k, v in Counter(products["category_path"].map(len)).items()},
+        "image_status": dict(Counter(products["image_status"].str.split(":").str[0]).most_common()),
+        "splits": dict(Counter(products["split"]).most_common()),
+        "categories": int(products["category_path"].map(tuple).nunique()) if len(products) else 0,
+    }
