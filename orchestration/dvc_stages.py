@@ -1,10 +1,10 @@
-"""DVC stage entry points: `python -m orchestration.dvc_stages <stage>` (see dvc.yaml).
+"""DVC stage entry point: `python -m orchestration.dvc_stages <asset group>` (see dvc.yaml).
 
-One implementation, two drivers: a stage materialises the same Dagster assets as `prodcat run`, in process, with
-the main job's own runner (orchestration.jobs.run_main restricted to the stage's assets), into the project's Dagster
-instance, so DVC-driven runs also appear in the Dagster UI. DVC decides *whether* a stage runs (hashes of deps and
-params); Dagster decides *how* (partitions, blocking checks, IO manager). Tunables come from params.yaml.
-Like orchestration/cli.py's `run`, dagster is imported lazily, inside the functions that drive it.
+One implementation, two drivers: a DVC stage is one asset group of the Dagster graph (catalogue, embeddings,
+classifiers, holdout, inference, recategorisation, reports), materialised in the graph's own stage order
+(orchestration/main_job.py) into the project's Dagster instance, so DVC-driven runs also appear in the UI. DVC
+decides *whether* a stage runs (hashes of deps and params); Dagster decides *how* (partitions, blocking checks,
+IO manager). params.yaml is read here, once, into the run's Settings.
 """
 from __future__ import annotations
 
@@ -16,22 +16,12 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.settings import ROOT
+from pipelines.settings import ROOT, Settings, settings_from
 
 PARAMS_PATH = ROOT / "params.yaml"
-# stage -> the main job's assets it materialises (orchestration.jobs.main_job_stages gives order + partitions).
-STAGES = {
-    "normalise": ["normalized_products", "catalogue", "splits"],
-    "embed": ["text_embeddings", "image_embeddings", "joint_space", "joint_embeddings", "lexical_space",
-              "lexical_embeddings"],
-    "train": ["baselines", "classifiers"],
-    "holdout": ["holdout_training_set", "holdout_fewshot", "holdout_evaluations"],
-    "inference": ["stage1_model"],
-    "recategorise": ["recategorisation_clusters", "recategorisation_report"],
-    # everything that writes report/ (benchmark.md gains the cross-platform and two-stage sections)
-    "report": ["benchmark_report", "holdout_report", "routing_threshold"],
-}
 PARAM_KEYS = {"data": {"raw", "work"}, "embed": {"text_encoder", "image_encoder"}, "train": {"seed"}}
+# DVC stages in dvc.yaml order; each is the asset group of the same name (tests/test_dvc.py checks both files)
+STAGES = ("catalogue", "embeddings", "classifiers", "holdout", "inference", "recategorisation", "reports")
 
 
 def load_params(path: Path | str | None = None) -> dict:
@@ -49,43 +39,42 @@ def load_params(path: Path | str | None = None) -> dict:
     return params
 
 
-def apply_params(params: dict) -> dict:
-    """Point the code at params.yaml's values: env for what pipelines reads (data root, work dir, seed; also MLflow's
-    registry via work dir), resource settings for Dagster. Relative paths are relative to the project root."""
+def settings_from_params(params: dict, environ=None) -> Settings:
+    """params.yaml's values over the environment. Relative paths are relative to the project root."""
     raw = (ROOT / params["data"]["raw"]).resolve()
-    work = (ROOT / params["data"]["work"]).resolve()
     if not raw.is_dir():
         raise FileNotFoundError(f"params data.raw: {raw} is not a directory of raw exports")
-    os.environ.update(PRODCAT_DATA=str(raw), PRODCAT_WORK=str(work), PRODCAT_SEED=str(int(params["train"]["seed"])))
-    return {"data_root": str(raw), "work_dir": str(work), "text_encoder": params["embed"]["text_encoder"],
-            "image_encoder": params["embed"]["image_encoder"]}
+    return settings_from(environ or {}, data_root=str(raw), work_dir=str((ROOT / params["data"]["work"]).resolve()),
+                         seed=int(params["train"]["seed"]), text_encoder=params["embed"]["text_encoder"],
+                         image_encoder=params["embed"]["image_encoder"], quiet=True)
 
 
-def definitions(settings: dict):
-    """The project's Dagster definitions with params.yaml's paths and encoders."""
-    from dagster import Definitions
+def group_plan(defs, group: str):
+    """The graph's stages restricted to one asset group."""
+    from dagster import AssetSelection
 
-    from orchestration.assets.embeddings import EncoderChoice
+    from orchestration.main_job import stage_plan
+
+    plan = stage_plan(defs, AssetSelection.groups(group))
+    if not plan:
+        raise ValueError(f"no asset in group {group!r}")
+    return plan
+
+
+def run(stage: str, settings: Settings, dagster_home: Path, log=print) -> dict:
+    """Materialise the stage's asset group (every partition, graph order, blocking checks). -> per-asset summary."""
     from orchestration.definitions import build_definitions
-
-    defs = build_definitions(data_root=settings["data_root"], work_dir=settings["work_dir"])
-    encoders = EncoderChoice(text=settings["text_encoder"], image=settings["image_encoder"])
-    return Definitions(assets=defs.assets, asset_checks=defs.asset_checks, sensors=defs.sensors,
-                       resources={**defs.resources, "encoders": encoders})
-
-
-def run(stage: str, params: dict | None = None, instance=None, log=print) -> dict:
-    """Materialise the stage's assets (every partition, dependency order, blocking checks). -> per-asset summary."""
-    from orchestration.jobs import project_instance, run_main
+    from orchestration.main_job import run_plan
+    from orchestration.run import quiet_third_party
+    from orchestration.runners import project_instance
 
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
-    settings = apply_params(params or load_params())
-    summary = run_main(definitions(settings), instance or project_instance(), log=log, only=set(STAGES[stage]))
-    if not summary:
-        raise RuntimeError(f"stage {stage}: none of {STAGES[stage]} is in the main job (orchestration.jobs)")
-    if stage == "report":
-        write_scores(Path(settings["work_dir"]) / "report")
+    quiet_third_party()
+    defs = build_definitions(settings)
+    summary = run_plan(defs, group_plan(defs, stage), project_instance(dagster_home), log=log)
+    if stage == "reports":
+        write_scores(settings.work_dir / "report")
     return summary
 
 
@@ -97,7 +86,9 @@ def write_scores(report_dir: Path) -> Path:
     shared = set.intersection(*(set(k for k, v in t.items() if isinstance(v, (int, float))) for t in tests.values()))
     rows = [{"model": name, **{k: t[k] for k in sorted(shared)}} for name, t in tests.items()]
     path = report_dir / "scores.json"
-    path.write_text(json.dumps(rows, indent=1))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rows, indent=1))
+    os.replace(tmp, path)
     return path
 
 
@@ -106,9 +97,9 @@ def main(argv=None) -> int:
     ap.add_argument("stage", choices=list(STAGES))
     ap.add_argument("--params", default=str(PARAMS_PATH))
     args = ap.parse_args(argv)
-    os.environ.setdefault("PRODCAT_QUIET", "1")
+    home = Path(os.environ.get("DAGSTER_HOME") or ROOT / ".dagster_home")
     try:
-        run(args.stage, load_params(args.params))
+        run(args.stage, settings_from_params(load_params(args.params), os.environ), home)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"stage {args.stage}: error: {e}", file=sys.stderr)
         return 2

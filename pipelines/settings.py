@@ -51,6 +51,10 @@ class Settings:
     dask_workers: int = 2
     dask_shard_resources: str = ""
 
+    def __post_init__(self):
+        for name in ("data_root", "work_dir", "taxonomy_path", "weights_cache"):  # accept str paths too
+            object.__setattr__(self, name, Path(getattr(self, name)))
+
     @property
     def registry_uri(self) -> str:
         """MLflow tracking + registry URI: the explicit one, else the work dir's own sqlite file."""

@@ -3,31 +3,27 @@ import shutil
 
 import pytest
 
-os.environ.setdefault("PRODCAT_QUIET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
 def sample_work(tmp_path_factory):
-    """The sample materialised through Dagster up to joint embeddings, once per test session."""
-    from dagster import AssetSelection, DagsterInstance
+    """The sample materialised through Dagster up to the joint and lexical embeddings, once per test session, in the
+    stage order the main job derives from the asset graph."""
+    from dagster import DagsterInstance
 
     from orchestration.definitions import build_definitions
-    from orchestration.jobs import run_stage
-    from pipelines.settings import PLATFORMS, SAMPLE_DIR
+    from orchestration.main_job import run_plan, upstream_plan
+    from pipelines.settings import SAMPLE_DIR, Settings
 
     root = tmp_path_factory.mktemp("sample")
     shutil.copytree(SAMPLE_DIR, root / "raw")
-    defs = build_definitions(data_root=str(root / "raw"), work_dir=str(root / "work"))
+    settings = Settings(data_root=root / "raw", work_dir=root / "work", quiet=True)
+    defs = build_definitions(settings)
     instance = DagsterInstance.ephemeral()
-    for selection, keys in [("normalized_products", PLATFORMS), ("catalogue splits", [None]),
-                            ("text_embeddings image_embeddings", PLATFORMS), ("joint_space", [None]),
-                            ("joint_embeddings", PLATFORMS), ("lexical_space", [None]),
-                            ("lexical_embeddings", PLATFORMS)]:
-        for key in keys:
-            run_stage(defs, AssetSelection.assets(*selection.split()), instance, key)
-    return {"defs": defs, "instance": instance, "work": root / "work", "raw": root / "raw"}
+    run_plan(defs, upstream_plan(defs, ["joint_embeddings", "lexical_embeddings"]), instance, log=lambda _: None)
+    return {"defs": defs, "instance": instance, "work": root / "work", "raw": root / "raw", "settings": settings}
 
 
 @pytest.fixture(scope="session")

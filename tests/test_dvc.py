@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dagster import AssetKey
 
 from orchestration import dvc_stages as stages
 from pipelines.settings import ROOT, SAMPLE_DIR
@@ -43,19 +44,40 @@ def _outs(stage: dict) -> list[str]:
     return _paths(stage.get("outs")) + _paths(stage.get("metrics")) + _paths(stage.get("plots"))
 
 
-def test_every_stage_runs_a_pipelines_stage_covering_the_main_job(pipeline):
+def test_dvc_stages_are_the_asset_groups_in_graph_order(pipeline):
+    """One DVC stage per asset group, in an order the graph allows, together running every asset exactly once."""
     from orchestration.definitions import defs
-    from orchestration.jobs import main_job_stages, stage_assets
+    from orchestration.main_job import asset_names, stage_plan
+
+    dvc, _ = pipeline
+    assert tuple(dvc["stages"]) == stages.STAGES
+    for name, stage in dvc["stages"].items():
+        assert stage["cmd"] == f"python -m orchestration.dvc_stages {name}"
+    graph = defs.resolve_asset_graph()
+    groups = {n: graph.get(AssetKey(n)).group_name for n in asset_names(defs)}
+    assert set(groups.values()) == set(stages.STAGES)
+    position = {g: i for i, g in enumerate(stages.STAGES)}
+    for key in graph.toposorted_asset_keys:  # no asset reads from a later DVC stage
+        for parent in graph.get(key).parent_keys:
+            if graph.get(parent).is_materializable:
+                assert position[groups[parent.to_user_string()]] <= position[groups[key.to_user_string()]], (key, parent)
+    planned = [a for g in stages.STAGES for s in stages.group_plan(defs, g) for a in s.assets]
+    assert sorted(planned) == sorted(a for s in stage_plan(defs) for a in s.assets) == asset_names(defs)
+
+
+def test_code_deps_cover_each_stages_import_closure(pipeline):
+    """dvc.yaml names whole code folders; every folder a stage's asset modules import (transitively, function-level
+    imports included) is among them, so a missing code dependency cannot slip in."""
+    from orchestration.code_deps import group_code_folders, group_modules
+    from orchestration.definitions import defs
 
     dvc, _ = pipeline
     for name, stage in dvc["stages"].items():
-        assert stage["cmd"] == f"python -m orchestration.dvc_stages {name}" and name in stages.STAGES
-    main_job = set().union(*(stage_assets(defs, selection) for selection, _ in main_job_stages()))
-    covered = set().union(*(stages.STAGES[name] for name in dvc["stages"]))
-    # each DVC stage names real assets, and together they run every asset of the main job but the pending ones
-    assert covered <= main_job
-    assert main_job - covered == set().union(*(set(stages.STAGES[s]) for s in stages.STAGES
-                                               if s not in dvc["stages"])) & main_job
+        needed = group_code_folders(group_modules(defs, name))
+        assert needed, name
+        missing = {f for f in needed if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in stage["deps"])}
+        assert not missing, f"dvc.yaml stage {name} misses code deps {sorted(missing)}"
+        assert "orchestration" in stage["deps"]
 
 
 def test_deps_exist_or_come_from_an_earlier_stage(pipeline):
@@ -74,9 +96,8 @@ def dvc_work(pipeline) -> str:
     return pipeline[1]["data"]["work"] + "/"
 
 
-def test_declared_params_exist_and_the_code_reads_them(pipeline, monkeypatch):
-    from orchestration.assets.embeddings import EncoderChoice
-    from pipelines import settings as config
+def test_declared_params_exist_and_the_code_reads_them(pipeline):
+    from orchestration.definitions import build_definitions
     from pipelines.classify.train import STRATEGY_DIR
 
     dvc, params = pipeline
@@ -95,21 +116,17 @@ def test_declared_params_exist_and_the_code_reads_them(pipeline, monkeypatch):
     assert {Path(f).stem for f in strategy_files} >= set(STRATEGIES)
 
     # defaults: `dvc repro` and `prodcat run` make the same run
-    for var in ("PRODCAT_DATA", "PRODCAT_WORK", "PRODCAT_SEED"):
-        monkeypatch.setenv(var, "")  # remembered, so apply_params' values are undone after the test
-        monkeypatch.delenv(var)
-    assert config.seed() == params["train"]["seed"] and (ROOT / params["data"]["raw"]).resolve() == SAMPLE_DIR
-    assert (ROOT / params["data"]["work"]).resolve() == config.work_dir()
-    assert (EncoderChoice().text, EncoderChoice().image) == (params["embed"]["text_encoder"],
-                                                             params["embed"]["image_encoder"])
-    # each value reaches the code
+    from pipelines.settings import settings_from
+
+    assert stages.settings_from_params(params).with_(quiet=False) == settings_from({})
+    # each value reaches the code: the settings resource the assets read
     changed = {**params, "train": {"seed": 7}, "data": {"raw": str(SAMPLE_DIR), "work": "/tmp/prodcat-x"},
                "embed": {"text_encoder": "roberta-base", "image_encoder": "vit-base"}}
-    settings = stages.apply_params(changed)
-    assert config.seed() == 7 and config.data_root() == SAMPLE_DIR and config.work_dir() == Path("/tmp/prodcat-x")
-    defs = stages.definitions(settings)
-    assert (defs.resources["encoders"].text, defs.resources["encoders"].image) == ("roberta-base", "vit-base")
-    assert defs.resources["paths"].work_dir == "/tmp/prodcat-x"
+    settings = stages.settings_from_params(changed)
+    assert (settings.seed, settings.data_root, settings.work_dir) == (7, SAMPLE_DIR, Path("/tmp/prodcat-x"))
+    resource = build_definitions(settings).resources["settings"]
+    assert (resource.text_encoder, resource.image_encoder, resource.seed) == ("roberta-base", "vit-base", 7)
+    assert resource.work_dir == "/tmp/prodcat-x"
 
 
 def test_bad_params_fail_with_a_clear_message(tmp_path, capsys):
@@ -120,26 +137,21 @@ def test_bad_params_fail_with_a_clear_message(tmp_path, capsys):
         stages.load_params(bad)
     bad.write_text(yaml.safe_dump({"data": {"raw": "no/such/dir", "work": "w"}, "train": {"seed": 0},
                                    "embed": {"text_encoder": "minilm", "image_encoder": "efficientnet-lite0"}}))
-    assert stages.main(["normalise", "--params", str(bad)]) == 2
+    assert stages.main(["catalogue", "--params", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "data.raw" in err and "not a directory" in err
 
 
-def test_normalise_stage_writes_exactly_its_declared_outputs(pipeline, tmp_path, monkeypatch):
-    from dagster import DagsterInstance
-
+def test_catalogue_stage_writes_exactly_its_declared_outputs(pipeline, tmp_path):
     dvc, params = pipeline
-    for var in ("PRODCAT_DATA", "PRODCAT_WORK", "PRODCAT_SEED"):
-        monkeypatch.setenv(var, "0")  # restored after the test (apply_params overwrites them)
     work = tmp_path / "work"
     local = {**params, "data": {"raw": str(SAMPLE_DIR), "work": str(work)}}
-    with DagsterInstance.ephemeral() as instance:
-        summary = stages.run("normalise", local, instance=instance, log=lambda _: None)
-    assert {k.split("[")[0] for k in summary} == set(stages.STAGES["normalise"])
-    declared = {out[len(dvc_work(pipeline)):] for out in _outs(dvc["stages"]["normalise"])}
+    summary = stages.run("catalogue", stages.settings_from_params(local), tmp_path / "dagster", log=lambda _: None)
+    assert {k.split("[")[0] for k in summary if k != "__checks__"} == {"normalized_products", "catalogue", "splits"}
+    declared = {out[len(dvc_work(pipeline)):] for out in _outs(dvc["stages"]["catalogue"])}
     files = [p.relative_to(work).as_posix() for p in work.rglob("*") if p.is_file()]
     undeclared = [f for f in files if not any(f == d or f.startswith(d + "/") for d in declared)]
-    assert files and not undeclared, f"written but not a DVC output of normalise: {undeclared}"
+    assert files and not undeclared, f"written but not a DVC output of catalogue: {undeclared}"
     assert all((work / d).exists() for d in declared)
     assert sum(json.loads((work / "normalized" / p / "coverage.json").read_text())["rows_normalised"]
                for p in os.listdir(work / "normalized")) == summary["catalogue"]["rows"]
@@ -147,8 +159,8 @@ def test_normalise_stage_writes_exactly_its_declared_outputs(pipeline, tmp_path,
 
 @pytest.mark.slow
 def test_dvc_repro_and_an_experiment_in_a_clone(tmp_path):
-    """A clone of the working tree: `dvc repro` builds the report, `dvc exp run -S train.seed=1` re-runs train and
-    report only and records the new seed and metrics (~10 min on the sample)."""
+    """A clone of the working tree: `dvc repro` builds the report, `dvc exp run -S train.seed=1` re-runs the classifiers
+    stage onwards but not the embeddings and records the new seed and metrics (~10 min on the sample)."""
     assert DVC.exists(), "run `make .venv-dvc/.installed` first"
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
@@ -172,7 +184,7 @@ def test_dvc_repro_and_an_experiment_in_a_clone(tmp_path):
     assert {f"model_{s}" for s in STRATEGIES} <= set(report["results"])
     assert "up to date" in dvc("status").lower()
     ran = dvc("exp", "run", "-S", "train.seed=1")
-    assert "Running stage 'train'" in ran and "Running stage 'embed'" not in ran
+    assert "Running stage 'classifiers'" in ran and "Running stage 'embeddings'" not in ran
     shown = json.loads(dvc("exp", "show", "--json"))
     # the experiment's own commit carries its params and metrics (not just the workspace row): the metrics file
     # is git-visible (.gitignore) so `dvc exp run` commits it with the experiment

@@ -1,0 +1,114 @@
+"""The `prodcat` argument parser (the commands themselves are in orchestration/cli.py)."""
+from __future__ import annotations
+
+import argparse
+
+from pipelines.settings import PLATFORMS
+
+
+def build_parser(commands) -> argparse.ArgumentParser:
+    """The argument parser; `commands` is the module holding the cmd_* functions (orchestration.cli)."""
+    ap = argparse.ArgumentParser(prog="prodcat", description=commands.__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+    for add in (add_pipeline_commands, add_bench_commands, add_model_commands, add_taxonomy_commands):
+        add(sub, commands)
+    return ap
+
+
+def add_pipeline_commands(sub, commands) -> None:
+    p = sub.add_parser("normalize", help="raw shop export -> products.parquet, quarantine.parquet, coverage.json")
+    p.add_argument("--platform", required=True, choices=PLATFORMS)
+    p.add_argument("--input", required=True, help="the shop's raw export directory")
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=commands.cmd_normalize)
+
+    p = sub.add_parser("run", help="materialise every asset (Dagster, in process) and print a summary")
+    p.add_argument("--data", default="", help="'sample' (default), 'benchmark' or a directory of raw exports")
+    p.add_argument("--executor", choices=["in_process", "multiprocess", "dask"], default="in_process",
+                   help="dask: on $PRODCAT_DASK_SCHEDULER or a LocalCluster of $PRODCAT_DASK_WORKERS (2) processes")
+    p.add_argument("--only", default="", help="comma-separated asset names: run just those (in graph order), e.g. "
+                   "holdout_training_set,holdout_fewshot,holdout_evaluations,holdout_report")
+    p.add_argument("--seed", default=None, help="training seed (default: PRODCAT_SEED or 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (also PRODCAT_QUIET=1)")
+    p.set_defaults(fn=commands.cmd_run)
+
+    p = sub.add_parser("benchmark", help="run every strategy and baseline on a data root; write benchmark.json/.md")
+    p.add_argument("--data", default="benchmark", help="'benchmark' (default), 'sample' or a directory of raw exports")
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=commands.cmd_benchmark)
+
+
+
+def add_bench_commands(sub, commands) -> None:
+    p = sub.add_parser("bench", help="throughput benchmarks (print figures; not tests)")
+    bench = p.add_subparsers(dest="what", required=True)
+    b = bench.add_parser("embed", help="end-to-end vs bare forward items/s, cold vs warm cache, peak memory")
+    b.add_argument("--modality", choices=["text", "image"], default="image")
+    b.add_argument("--n", type=int, default=1000)
+    b.add_argument("--data", default="sample", help="'sample', 'benchmark' or a raw-export directory")
+    b.add_argument("--repeats", type=int, default=3, help="interleaved rounds; medians are reported")
+    b.set_defaults(fn=commands.cmd_bench_embed)
+    b = bench.add_parser("capacity", help="per-item costs measured on the sample (1 core) -> workers (CPU/GPU) to "
+                                          "embed + classify N products in T hours, full vs two-stage routed")
+    b.add_argument("--n", type=int, default=256, help="sample items timed per step")
+    b.add_argument("--products", type=int, default=10_000_000)
+    b.add_argument("--hours", type=float, default=1.0)
+    b.add_argument("--routed-share", type=float, default=None, help="default: routing.json's measured share")
+    b.add_argument("--efficiency", type=float, default=0.7, help="useful share of a worker's time")
+    b.add_argument("--gpu-text-per-s", type=float, default=4000.0, help="ASSUMED MiniLM texts/s per GPU")
+    b.add_argument("--gpu-image-per-s", type=float, default=2000.0, help="ASSUMED EfficientNet-Lite0 images/s per GPU")
+    b.add_argument("--out", default="", help="also write the figures as JSON here")
+    b.set_defaults(fn=commands.cmd_bench_capacity)
+    b = bench.add_parser("infer", help="two-stage inference: batch items/s (stage 1, stage 2, routed) and service "
+                                       "p50/p99 latency and throughput under bounded loopback load")
+    b.add_argument("--n", type=int, default=1000, help="products for the batch figures")
+    b.add_argument("--requests", type=int, default=300, help="HTTP requests for the service figures")
+    b.add_argument("--concurrency", type=int, default=4, help="concurrent loopback clients")
+    b.add_argument("--data", default="", help="'sample' (default), 'benchmark' or a raw-export directory")
+    b.set_defaults(fn=commands.cmd_bench_infer)
+
+
+
+def add_model_commands(sub, commands) -> None:
+    p = sub.add_parser("classify", help="classify a raw shop export (two-stage: lexical model, then the champion)")
+    p.add_argument("--platform", required=True, choices=PLATFORMS)
+    p.add_argument("--input", required=True, help="the shop's raw export directory")
+    p.add_argument("--out", required=True, help="predictions file, .parquet or .csv (quarantine written beside it)")
+    p.add_argument("--model", default=None, help="stage-2 model dir (default: the registered champion)")
+    p.add_argument("--stage", choices=["routed", "stage1", "stage2"], default="routed")
+    p.add_argument("--data", default="", help="models of 'sample' (default) or 'benchmark' (or a data dir)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(fn=commands.cmd_classify)
+
+    p = sub.add_parser("serve", help="HTTP service: POST /classify, GET /taxonomy, GET /health (OpenAPI at /docs)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model", default=None, help="stage-2 model dir (default: the registered champion)")
+    p.add_argument("--stage", choices=["routed", "stage1", "stage2"], default="routed")
+    p.add_argument("--data", default="", help="models of 'sample' (default) or 'benchmark' (or a data dir)")
+    p.set_defaults(fn=commands.cmd_serve)
+
+
+
+def add_taxonomy_commands(sub, commands) -> None:
+    p = sub.add_parser("taxonomy", help="print the shared taxonomy's size per level")
+    p.add_argument("--path", default=None, help="a taxonomy file (default: data/taxonomy.yaml)")
+    p.set_defaults(fn=commands.cmd_taxonomy, action=None)
+    actions = p.add_subparsers(dest="action")
+    a = actions.add_parser("accept", help="accept recategorisation proposals into a new taxonomy version")
+    a.add_argument("--report", required=True, help="a recategorisation output dir (or one node's report dir)")
+    a.add_argument("--node", required=True, help="e.g. 'Footwear > Shoes'")
+    a.add_argument("--clusters", required=True, type=int, nargs="+", help="cluster ids to accept")
+    a.add_argument("--names", nargs="+", default=None, help="names for the new sub-nodes (default: proposed)")
+    a.add_argument("--out", required=True, help="the new taxonomy file (e.g. data/taxonomy.v2.yaml) or a dir")
+    # SUPPRESS: `prodcat taxonomy --path X accept ...` keeps X (a subparser default would overwrite it)
+    a.add_argument("--path", default=argparse.SUPPRESS, help="the taxonomy to extend (default: data/taxonomy.yaml)")
+
+    p = sub.add_parser("recategorise", help="cluster shallow taxonomy nodes, propose sub-categories, HTML report")
+    p.add_argument("--data", default="sample", help="'sample', 'benchmark' or a directory of raw exports")
+    p.add_argument("--out", required=True)
+    p.add_argument("--node", action="append", default=None, help="'Footwear > Shoes' (repeatable; default: the "
+                                                                 "taxonomy's shallow nodes)")
+    p.add_argument("--config", default="", help='JSON overrides of models/configs/recategorise.yaml, e.g. '
+                                                '\'{"simclr": {"epochs": 5}}\'')
+    p.set_defaults(fn=commands.cmd_recategorise)
