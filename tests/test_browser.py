@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.settings import PLATFORMS, ROOT, SAMPLE_DIR
+from pipelines.settings import PLATFORMS, ROOT, SAMPLE_DIR, Settings
 
 pytestmark = pytest.mark.browser
 
@@ -131,12 +131,12 @@ def _materialise_platforms(home: Path, work: Path):
     from dagster import AssetSelection, DagsterInstance
 
     from orchestration.definitions import build_definitions
-    from orchestration.jobs import run_stage
+    from orchestration.runners import run_in_process
 
-    defs = build_definitions(data_root=str(SAMPLE_DIR), work_dir=str(work))
+    defs = build_definitions(Settings(data_root=str(SAMPLE_DIR), work_dir=str(work)))
     with DagsterInstance.from_config(str(home)) as instance:
         for platform in PLATFORMS:
-            checks = run_stage(defs, AssetSelection.assets("normalized_products"), instance,
+            checks = run_in_process(defs, ("normalized_products",), instance,
                                platform).get_asset_check_evaluations()
             assert checks and all(c.passed for c in checks)
 

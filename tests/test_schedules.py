@@ -9,7 +9,7 @@ from dagster import (AssetKey, AssetMaterialization, DagsterInstance, build_sens
 
 from orchestration.definitions import build_definitions
 from orchestration.schedules import DROP_TARGET, RETRAIN, raw_export_drop, weekly_retraining
-from pipelines.settings import PLATFORMS, SAMPLE_DIR
+from pipelines.settings import PLATFORMS, SAMPLE_DIR, Settings
 
 NP = AssetKey("normalized_products")
 
@@ -18,7 +18,7 @@ NP = AssetKey("normalized_products")
 def drop(tmp_path):
     root = tmp_path / "drop"
     shutil.copytree(SAMPLE_DIR, root)
-    return root, build_definitions(data_root=str(root), work_dir=str(tmp_path / "work"))
+    return root, build_definitions(Settings(data_root=str(root), work_dir=str(tmp_path / "work")))
 
 
 def _tick(defs, instance, cursor=None):
@@ -84,7 +84,7 @@ def _materialise_everything(defs, instance):
 
 
 def test_weekly_retrain_fires_once_after_monday_3am(tmp_path):
-    defs = build_definitions(data_root=str(tmp_path / "raw"), work_dir=str(tmp_path / "work"))
+    defs = build_definitions(Settings(data_root=str(tmp_path / "raw"), work_dir=str(tmp_path / "work")))
     sunday = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)  # 2026-03-02 is a Monday
     with DagsterInstance.ephemeral() as instance:
         _materialise_everything(defs, instance)
@@ -105,7 +105,7 @@ def test_weekly_retrain_fires_once_after_monday_3am(tmp_path):
 
 
 def test_weekly_retrain_waits_for_missing_inputs(tmp_path):
-    defs = build_definitions(data_root=str(tmp_path / "raw"), work_dir=str(tmp_path / "work"))
+    defs = build_definitions(Settings(data_root=str(tmp_path / "raw"), work_dir=str(tmp_path / "work")))
     monday = datetime(2026, 3, 2, 2, 0, tzinfo=timezone.utc)
     with DagsterInstance.ephemeral() as instance:  # nothing materialised: no embeddings to train on
         first = evaluate_automation_conditions(defs, instance, evaluation_time=monday)
