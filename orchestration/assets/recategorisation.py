@@ -10,6 +10,12 @@ from dagster import (AllPartitionMapping, AssetDep, AssetExecutionContext, Asset
                      MetadataValue, Output, StaticPartitionsDefinition, asset)
 
 from orchestration.resources import ProdcatSettings
+from pipelines.recategorise.candidates import scored_candidates
+from pipelines.recategorise.config import load_recategorise_config
+from pipelines.recategorise.nodes import node_products, node_slug
+from pipelines.recategorise.report import granularity_text, recategorisation_markdown, write_recategorisation_index
+from pipelines.recategorise.representation import frozen_features
+from pipelines.recategorise.run import recategorise_node
 from pipelines.taxonomy.tree import load_taxonomy, parse_path, path_str
 
 
@@ -58,14 +64,12 @@ def _proposals_md(clusters: pd.DataFrame, n_grids: int = 8) -> str:
                    "fine labels and against k-means on the raw embeddings with the same k.")
 def recategorisation_clusters(context: AssetExecutionContext, settings: ProdcatSettings, config: RecategoriseConfig,
                               catalogue: pd.DataFrame) -> Output[pd.DataFrame]:
-    from pipelines.recategorise import pipeline as R
-
-    cfg = R.load_config(json.loads(config.overrides))
+    cfg = load_recategorise_config(json.loads(config.overrides))
     node = parse_path(context.partition_key)
-    products = R.node_products(catalogue, [node])
-    features = R.frozen_features(products, settings.work("store"), cfg)  # cache hits after the embedding assets
-    res = R.recategorise_node(products, node, features, cfg, settings.work("recategorisation", R.node_slug(node)),
-                              log=context.log.info)
+    products = node_products(catalogue, [node])
+    features = frozen_features(products, settings.work("store"), cfg)  # cache hits after the embedding assets
+    res = recategorise_node(products, node, features, cfg, settings.work("recategorisation", node_slug(node)),
+                            log=context.log.info, threads=settings.value.threads)
     table = res.clusters.copy()
     for col in ("terms", "platforms", "native_counts", "samples"):
         table[col] = table[col].map(lambda v: json.dumps(v, default=int))
@@ -78,7 +82,7 @@ def recategorisation_clusters(context: AssetExecutionContext, settings: ProdcatS
         "kmeans_purity": base["purity"], "kmeans_nmi": base["nmi"], "kmeans_ari": base["ari"],
         "native_label_knn_agreement": res.metrics["native_knn_agreement"]["overall"]["agreement"],
         "refine_moved_share": (res.metrics.get("refine") or {}).get("moved_share", 0.0),
-        "purity_by_k": MetadataValue.md(R.granularity_text(res.metrics)),
+        "purity_by_k": MetadataValue.md(granularity_text(res.metrics)),
         "seconds": res.timings["total_s"], "report": MetadataValue.path(res.report_path),
         "umap": MetadataValue.md(_image_md(res.plots.get("umap"), f"UMAP {path_str(node)}")),
         "proposals": MetadataValue.md(_proposals_md(res.clusters)),
@@ -92,20 +96,18 @@ def recategorisation_clusters(context: AssetExecutionContext, settings: ProdcatS
                    "node's recategorisation report, with purity / NMI / ARI against the k-means baseline.")
 def recategorisation_report(settings: ProdcatSettings, config: RecategoriseConfig, clusters: dict,
                             catalogue: pd.DataFrame) -> Output[pd.DataFrame]:
-    from pipelines.recategorise import pipeline as R
-
-    cfg = R.load_config(json.loads(config.overrides))
+    cfg = load_recategorise_config(json.loads(config.overrides))
     out = settings.work("recategorisation")
     summary = {}
     for key in sorted(clusters):
         node = parse_path(key)
-        summary[path_str(node)] = json.loads((out / R.node_slug(node) / "result.json").read_text())
-    candidates = R.scored_candidates(catalogue, settings.work("store"), load_taxonomy(), cfg)
+        summary[path_str(node)] = json.loads((out / node_slug(node) / "result.json").read_text())
+    candidates = scored_candidates(catalogue, settings.work("store"), load_taxonomy(settings.value.taxonomy_path), cfg)
     candidates.to_csv(out / "candidates.csv", index=False)
-    index = R.write_summary(summary, candidates, out)
+    index = write_recategorisation_index(summary, candidates, out)
     shown = candidates[candidates["candidate"]].drop(columns=["top_native_labels"])
     return Output(candidates, metadata={
         "index": MetadataValue.path(str(index)), "candidates": int(candidates["candidate"].sum()),
         "candidate_nodes": MetadataValue.md(shown.to_markdown(index=False, floatfmt=".3f")),
-        "metrics": MetadataValue.md(R.summary_markdown(summary)),
+        "metrics": MetadataValue.md(recategorisation_markdown(summary)),
     })

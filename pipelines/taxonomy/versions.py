@@ -150,7 +150,7 @@ def accept_from_report(report_dir: str | Path, node, cluster_ids: list[int], out
     report_dir: a node's report directory (clusters.csv, assignments.parquet) or the run directory holding it.
     names: one per cluster id to override the proposed names (clusters with equal names merge)."""
     from pipelines.settings import TAXONOMY_PATH
-    from pipelines.recategorise.pipeline import node_slug
+    from pipelines.recategorise.nodes import node_slug
 
     node = _node(node)
     report = Path(report_dir)
