@@ -103,7 +103,7 @@ def cmd_recategorise(args) -> int:
     overrides = json.loads(args.config) if args.config else None
     print(f"prodcat recategorise on {settings.data_root} -> {args.out} (store {settings.work_dir / 'store'})")
     run_recategorisation(settings.data_root, Path(args.out), args.node, overrides, settings.work("store"),
-                         threads=settings.threads)
+                         threads=settings.threads, taxonomy_path=settings.taxonomy_path)
     print(f"wrote {Path(args.out) / 'index.html'}")
     return 0
 
