@@ -4,14 +4,15 @@ from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_c
 
 from orchestration.assets.catalogue import normalized_products, splits
 from orchestration.partitions import platform_partitions
-from pipelines.taxonomy.tree import load_taxonomy
+from orchestration.resources import ProdcatSettings
 from pipelines.ingest.validate import validate_products
+from pipelines.taxonomy.tree import load_taxonomy
 
 
 @asset_check(asset=normalized_products, blocking=True, partitions_def=platform_partitions,
              description="GX suite: unique ids, non-empty titles, valid taxonomy paths, decodable images, split shares.")
-def gx_products_suite(context, normalized_products: pd.DataFrame) -> AssetCheckResult:
-    report = validate_products(normalized_products, load_taxonomy(), context.partition_key)
+def gx_products_suite(context, settings: ProdcatSettings, normalized_products: pd.DataFrame) -> AssetCheckResult:
+    report = validate_products(normalized_products, load_taxonomy(settings.taxonomy_path), context.partition_key)
     failed = [r for r in report["results"] if not r["success"]]
     return AssetCheckResult(passed=report["success"], severity=AssetCheckSeverity.ERROR, metadata={
         "failed_expectations": len(failed),

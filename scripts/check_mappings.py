@@ -21,9 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipelines.ingest.mapping import load_mapping  # noqa: E402
+from pipelines.settings import BENCHMARK_DIR  # noqa: E402
 from pipelines.taxonomy.tree import load_taxonomy, path_str  # noqa: E402
 
-DEFAULT_ROOT = ROOT.parent / "shared" / "benchmark"
+DEFAULT_ROOT = BENCHMARK_DIR
 MIN_FASHION_SHARE = 0.95
 
 

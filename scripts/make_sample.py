@@ -8,12 +8,11 @@ import csv
 import json
 import random
 import shutil
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-csv.field_size_limit(sys.maxsize)
+MAX_FIELD_BYTES = 16 * 1024 * 1024  # as pipelines/ingest/shops: long descriptions fit; sys.maxsize overflows on Windows
 
 PLATFORMS = {
     # file, target rows, per-category cap, category key, image path
@@ -55,6 +54,7 @@ def sample_rows(rows, target, cap, key, rng):
 
 
 def main():
+    csv.field_size_limit(MAX_FIELD_BYTES)
     ap = argparse.ArgumentParser()
     ap.add_argument("--src", default=str(ROOT.parent / "shared" / "benchmark"))
     ap.add_argument("--out", default=str(ROOT / "data" / "sample"))

@@ -22,6 +22,7 @@ KILL_TEXTS = 240  # H&M title + description texts embedded while a worker is kil
 def client():
     from distributed import Client
 
+    from orchestration.dask_preload import DASK_PRELOAD
     from pipelines.features.sharding import local_cluster
 
     os.environ.pop("PRODCAT_DASK_SCHEDULER", None)  # in-process runs must stay in process
@@ -30,7 +31,7 @@ def client():
     threads = os.environ.get("PRODCAT_THREADS")
     os.environ["PRODCAT_THREADS"] = "1"
     try:
-        with local_cluster(n_workers=2, threads_per_worker=1) as cluster, Client(cluster) as c:
+        with local_cluster(n_workers=2, threads_per_worker=1, preload=DASK_PRELOAD) as cluster, Client(cluster) as c:
             assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
             yield c
     finally:
@@ -207,7 +208,7 @@ def test_worker_killed_mid_shard_run_completes_store_whole_nothing_recomputed(cl
             rows += len(z["keys"])
     assert rows == len(distinct) and not list(store.glob("*/*.corrupt"))
     # vectors are the encoder's own, and a rerun encodes nothing
-    local = embed_texts(texts, load_encoder(spec), tmp_path / "local")
+    local = embed_texts(texts, load_encoder(spec, threads=1), tmp_path / "local", progress=False)  # as the workers
     assert np.array_equal(res.vectors, local.vectors, equal_nan=True) and res.keys == local.keys
     again = embed_distributed(texts, "text", spec, store, client, shard_items=32)
     assert again.n_computed == 0 and again.n_cached == res.ok.sum() and sorted(store.glob("*/shard-*.npz")) == shards

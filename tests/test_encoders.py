@@ -76,3 +76,27 @@ def test_shipped_weights_are_semantically_sane():
     shoe_a, shoe_b, dress = image.encode([_myntra_image("Sports Shoes", 0), _myntra_image("Casual Shoes", 0),
                                           _myntra_image("Dresses", 0)])
     assert shoe_a @ shoe_b > shoe_a @ dress
+
+
+def test_threads_and_weights_cache_are_arguments_not_environment(tmp_path, monkeypatch):
+    """Settings.threads and Settings.weights_cache reach the encoder as arguments; the environment is not read."""
+    import torch
+    from transformers import ViTConfig, ViTModel
+
+    from pipelines.features.encoders import configure_threads, cpu_threads
+
+    monkeypatch.setenv("PRODCAT_THREADS", "3")  # the old variables must no longer steer anything
+    monkeypatch.setenv("PRODCAT_CACHE", str(tmp_path / "from-environment"))
+    before = torch.get_num_threads()
+    try:
+        assert configure_threads(1) == 1 and torch.get_num_threads() == 1
+        assert cpu_threads(0) == len(__import__("os").sched_getaffinity(0)) and cpu_threads(2) == 2
+        ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=64)).save_pretrained(tmp_path / "vit")
+        enc = load_encoder({"name": "tiny-vit-cache", "family": "hf_vision", "model": str(tmp_path / "vit")},
+                           threads=2, weights_cache=tmp_path / "cache")
+        assert torch.get_num_threads() == 2
+        hashes = json.loads((tmp_path / "cache" / "weights-sha256.json").read_text())
+        assert enc.weights in hashes.values() and not (tmp_path / "from-environment").exists()
+    finally:
+        torch.set_num_threads(before)

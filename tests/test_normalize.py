@@ -1,5 +1,6 @@
 """Adapters + normalisation on the real sample and on deliberately broken copies of it."""
 import csv
+import json
 import shutil
 import subprocess
 import sys
@@ -9,9 +10,9 @@ import pandas as pd
 import pytest
 
 from pipelines.ingest.catalogue import read_products
-from pipelines.settings import PLATFORMS, SAMPLE_DIR
 from pipelines.ingest.normalize import normalize_platform
 from pipelines.ingest.shops import BadExport
+from pipelines.settings import PLATFORMS, ROOT, SAMPLE_DIR
 from pipelines.taxonomy.tree import load_taxonomy
 
 
@@ -128,3 +129,84 @@ def test_full_benchmark_counts_add_up_and_fashion_is_mapped(platform):
     assert result.coverage["rows_in"] == rows_in == len(result.products) + len(result.quarantine)
     assert result.coverage["fashion_mapped_share"] >= 0.95
     assert result.quarantine["reason"].str.len().gt(0).all()
+
+
+def _hm_export(dst: Path, edit) -> Path:
+    """The sample's first three H&M rows, passed through `edit(header, rows)`, as a real articles.csv."""
+    with (SAMPLE_DIR / "hm" / "articles.csv").open(newline="", encoding="utf-8") as f:
+        header, *rows = list(csv.reader(f))[:4]
+    dst.mkdir(parents=True)
+    with (dst / "articles.csv").open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([header, *edit(header, rows)])
+    return dst
+
+
+def _all_bad(header, rows):
+    rows[0][header.index("prod_name")] = ""  # empty title
+    rows[1][header.index("product_group_name")] = "Spaceware"  # no mapping rule
+    return [rows[0], rows[1], rows[2][:5]]  # malformed: 5 fields
+
+
+def test_export_with_every_row_quarantined_writes_empty_outputs_and_says_why(tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipelines.ingest.normalize import product_schema
+
+    src, out = _hm_export(tmp_path / "hm", _all_bad), tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "orchestration.cli", "normalize", "--platform", "hm",
+                          "--input", str(src), "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    assert pq.read_schema(out / "products.parquet").remove_metadata() == product_schema()
+    assert len(read_products(out / "products.parquet")) == 0
+    quarantine = pd.read_parquet(out / "quarantine.parquet")
+    assert sorted(quarantine["reason_kind"]) == ["empty title", "malformed row", "unknown native category"]
+    coverage = json.loads((out / "coverage.json").read_text())
+    assert coverage["rows_in"] == 3 == coverage["rows_quarantined"] and coverage["rows_normalised"] == 0
+    assert "all 3 rows were quarantined" in coverage["warnings"][0] and "malformed row (1)" in coverage["warnings"][0]
+
+
+ROW_LOST = """
+import sys
+import pipelines.ingest.normalize as n
+from pipelines.settings import SAMPLE_DIR
+
+rows = n.checked_records
+def losing_one(*args, **kwargs):  # a bug that drops a row without quarantining it
+    for i, item in enumerate(rows(*args, **kwargs)):
+        if i != 5:
+            yield item
+n.checked_records = losing_one
+try:
+    n.normalize_platform("hm", SAMPLE_DIR / "hm", verify_images=False)
+except n.RowCountMismatch as e:
+    print(e)
+    sys.exit(0)
+sys.exit(1)
+"""
+
+
+def test_row_count_invariant_is_checked_under_python_O():
+    run = subprocess.run([sys.executable, "-O", "-c", ROW_LOST], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    assert "rows read but" in run.stdout
+
+
+def test_csv_field_limit_is_bounded_and_not_set_at_import(tmp_path):
+    probe = ("import csv; before = csv.field_size_limit(); import pipelines.ingest.shops, pipelines.ingest.normalize; "
+             "print(before, csv.field_size_limit())")
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
+    before, after = run.stdout.split()
+    assert before == after, "importing the ingest package changed the process-wide CSV field limit"
+
+    def long_fields(header, rows):
+        rows[0][header.index("detail_desc")] = "soft cotton " * 90_000  # ~1 MB: over Python's 128 KiB default
+        rows[2][header.index("detail_desc")] = "x" * (17 * 1024 * 1024)  # over the 16 MiB bound
+        return rows
+
+    from pipelines.ingest.shops import MAX_FIELD_BYTES
+
+    result = normalize_platform("hm", _hm_export(tmp_path / "hm", long_fields), verify_images=False)
+    assert MAX_FIELD_BYTES == 16 * 1024 * 1024
+    assert len(result.products) == 2 and result.products["description"].str.len().max() > 1_000_000
+    assert result.quarantine["reason"].tolist() == [
+        f"malformed CSV from here on: field larger than field limit ({MAX_FIELD_BYTES})"]

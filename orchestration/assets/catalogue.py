@@ -12,6 +12,7 @@ from orchestration.resources import ProdcatSettings
 from pipelines.ingest import catalogue as cat
 from pipelines.ingest.normalize import normalize_platform
 from pipelines.ingest.shops import get_adapter
+from pipelines.taxonomy.tree import load_taxonomy
 
 
 def export_fingerprint(raw_dir) -> str:
@@ -37,9 +38,11 @@ def raw_export(settings: ProdcatSettings):
        description="Products of one shop in the shared taxonomy (canonical schema); quarantine + coverage beside it.")
 def normalized_products(context: AssetExecutionContext, settings: ProdcatSettings) -> Output[pd.DataFrame]:
     platform = context.partition_key
-    result = normalize_platform(platform, settings.raw_dir(platform))
+    result = normalize_platform(platform, settings.raw_dir(platform), taxonomy=load_taxonomy(settings.taxonomy_path))
     out = result.write(settings.work("normalized", platform))
     cov = result.coverage
+    for warning in cov["warnings"]:  # e.g. every row quarantined: the blocking GX check then fails, this says why
+        context.log.warning(f"{platform}: {warning}")
     return Output(result.products, data_version=DataVersion(cat.content_hash(result.products)), metadata={
         "rows_in": cov["rows_in"], "rows_normalised": cov["rows_normalised"],
         "rows_quarantined": cov["rows_quarantined"], "fashion_mapped_share": cov["fashion_mapped_share"],

@@ -27,11 +27,16 @@ def _embed(context, settings, modality, products):
     from pipelines.features.store import embed_products
 
     spec = settings.text_encoder if modality == "text" else settings.image_encoder
-    with cluster_client() as client:  # on the dask executor or with PRODCAT_DASK_SCHEDULER: shards over the cluster
+    run = settings.value
+    with cluster_client(run.dask_scheduler) as client:  # on the dask executor or a configured scheduler: shards
         if client is None:
-            manifest, matrix = embed_products(products, modality, spec, settings.work("store"))
+            manifest, matrix = embed_products(products, modality, spec, run.work("store"), progress=not run.quiet,
+                                              loader_workers=run.loader_workers, threads=run.threads,
+                                              weights_cache=run.weights_cache)
         else:
-            manifest, matrix = embed_products_distributed(products, modality, spec, settings.work("store"), client)
+            manifest, matrix = embed_products_distributed(products, modality, spec, run.work("store"), client,
+                                                          shard_resources=run.dask_shard_resources,
+                                                          weights_cache=run.weights_cache)
     return _embedding_output(context, settings, modality, context.partition_key, manifest, matrix)
 
 

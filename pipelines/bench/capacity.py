@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -49,13 +48,17 @@ def _per_item(fn, n: int, repeat: int = 2) -> float:
     return best / n
 
 
-def sample_inputs(n: int):
-    """n texts (title . description) across the platforms, n existing image files, and labelled train texts."""
-    from pipelines.settings import PLATFORMS, data_root
+def sample_inputs(n: int, settings):
+    """n texts (title . description) across the platforms of the settings' data root, n existing image files,
+    and labelled train texts."""
     from pipelines.features.store import text_of
     from pipelines.ingest.normalize import normalize_platform
+    from pipelines.settings import PLATFORMS
+    from pipelines.taxonomy.tree import load_taxonomy
 
-    tables = [normalize_platform(p, data_root() / p, verify_images=False).products for p in PLATFORMS]
+    taxonomy = load_taxonomy(settings.taxonomy_path)
+    tables = [normalize_platform(p, settings.raw_dir(p), taxonomy=taxonomy, verify_images=False).products
+              for p in PLATFORMS]
     texts, images, train_texts, train_labels = [], [], [], []
     for t in tables:
         rows = [text_of(a, b) for a, b in zip(t["title"], t["description"])]
@@ -65,29 +68,20 @@ def sample_inputs(n: int):
         train_texts += [r for r, keep in zip(rows, train) if keep]
         train_labels += [" > ".join(c) for c, keep in zip(t["category_path"], train) if keep]
     if len(images) < 8:
-        raise ValueError(f"only {len(images)} decodable image files in {data_root()}: cannot time image steps")
+        raise ValueError(f"only {len(images)} decodable image files in {settings.data_root}: cannot time image steps")
     return texts[:n], images[:n], train_texts, train_labels
 
 
-def measure(n: int = 256) -> dict:
-    """Seconds per item of each step on one thread (see module doc)."""
-    os.environ["PRODCAT_THREADS"] = "1"
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer on the same single core
+def _time_encoders(texts: list, images: list, settings) -> tuple[dict, dict]:
+    """CPU seconds per item of text_embed, image_decode and image_embed on one thread; and the two encoders."""
     import torch
     from PIL import Image
 
-    from models.classifier import HierarchicalClassifier
-    from pipelines.features import lexical
-    from pipelines.classify.baselines import tfidf_svm_model
-    from pipelines.features.encoders import DEFAULTS, configure_threads, load_encoder
-    from pipelines.taxonomy.tree import load_taxonomy
-    from pipelines.classify.train import strategy_config
+    from pipelines.features.encoders import DEFAULTS, load_encoder
 
-    configure_threads()
-    texts, images, train_texts, train_labels = sample_inputs(n)
-    text_enc, image_enc = load_encoder(DEFAULTS["text"]), load_encoder(DEFAULTS["image"])
+    text_enc, image_enc = (load_encoder(DEFAULTS[m], threads=1, weights_cache=settings.weights_cache)
+                           for m in ("text", "image"))
     costs = {}
-
     ordered = sorted(texts, key=len)
     text_enc.encode(ordered[:4])  # first call pays lazy init
     costs["text_embed"] = _per_item(lambda: [text_enc.encode(ordered[s:s + text_enc.batch_size])
@@ -105,26 +99,50 @@ def measure(n: int = 256) -> dict:
     batches = [torch.stack(decode()[s:s + image_enc.batch_size]) for s in range(0, len(images), image_enc.batch_size)]
     image_enc.encode_tensor(batches[0][:2])
     costs["image_embed"] = _per_item(lambda: [image_enc.encode_tensor(b) for b in batches], len(images))
+    return costs, {"text": text_enc, "image": image_enc}
 
-    svd = lexical.fit_lexical(train_texts, dim=min(256, len(train_texts) - 1))
-    expert = tfidf_svm_model(0).fit(train_texts, train_labels)
-    costs["lexical"] = _per_item(lambda: (lexical.transform(svd, texts), lexical.expert_scores(expert, texts)),
-                                 len(texts))
-    lex_dim = lexical.transform(svd, texts[:1]).shape[1] + len(expert.classes_)
 
-    tax = load_taxonomy()
-    dims = {"text": text_enc.dim, "image": image_enc.dim, "joint": 256, "lexical": lex_dim}
+def _time_classifiers(dims: dict, taxonomy) -> dict:
+    """CPU seconds per row of the stage-1 and stage-2 classifier forwards (fresh weights at their real sizes)."""
+    from models.classifier import HierarchicalClassifier
+    from pipelines.classify.train import strategy_config
+
+    costs = {}
     for name, strategy in (("stage1", "stage1"), ("stage2", "attention")):
         cfg = strategy_config(strategy)
-        model = HierarchicalClassifier(cfg, {m: dims[m] for m in cfg["modalities"]}, [list(x) for x in tax.nodes],
-                                       tax.depth).eval()
+        model = HierarchicalClassifier(cfg, {m: dims[m] for m in cfg["modalities"]},
+                                       [list(x) for x in taxonomy.nodes], taxonomy.depth).eval()
         rows = 4096
         x = {m: np.random.default_rng(0).standard_normal((rows, dims[m])).astype(np.float32) for m in cfg["modalities"]}
         ok = {m: np.ones(rows, bool) for m in cfg["modalities"]}
         model.predict_arrays(x, ok, batch_size=256)
         costs[name] = _per_item(lambda: model.predict_arrays(x, ok), rows)
+    return costs
+
+
+def measure(n: int, settings) -> dict:
+    """Seconds per item of each step on ONE thread (see module doc), whatever Settings.threads says: one core is
+    one Dask worker with threads_per_worker=1. The caller (the CLI) keeps the tokenizer on that core too
+    (TOKENIZERS_PARALLELISM=false, an environment setting only the entry point may make)."""
+    import torch
+
+    from pipelines.classify.baselines import tfidf_svm_model
+    from pipelines.features import lexical
+    from pipelines.features.encoders import configure_threads
+    from pipelines.taxonomy.tree import load_taxonomy
+
+    configure_threads(1)
+    texts, images, train_texts, train_labels = sample_inputs(n, settings)
+    costs, encoders = _time_encoders(texts, images, settings)
+    svd = lexical.fit_lexical(train_texts, dim=min(256, len(train_texts) - 1))
+    expert = tfidf_svm_model(0).fit(train_texts, train_labels)
+    costs["lexical"] = _per_item(lambda: (lexical.transform(svd, texts), lexical.expert_scores(expert, texts)),
+                                 len(texts))
+    lex_dim = lexical.transform(svd, texts[:1]).shape[1] + len(expert.classes_)
+    dims = {"text": encoders["text"].dim, "image": encoders["image"].dim, "joint": 256, "lexical": lex_dim}
+    costs.update(_time_classifiers(dims, load_taxonomy(settings.taxonomy_path)))
     return {"seconds_per_item": costs, "threads": torch.get_num_threads(), "n_texts": len(texts),
-            "n_images": len(images), "text_encoder": text_enc.key, "image_encoder": image_enc.key}
+            "n_images": len(images), "text_encoder": encoders["text"].key, "image_encoder": encoders["image"].key}
 
 
 def routed_share(default: float | None = None) -> tuple[float, str]:
@@ -191,8 +209,10 @@ def markdown(measured: dict, model: dict, share_source: str) -> str:
     return "\n".join(lines)
 
 
-def main(args) -> int:
-    measured = measure(args.n)
+def main(args, settings) -> int:
+    """`prodcat bench capacity`: args n, routed_share, products, hours, efficiency, gpu_text_per_s,
+    gpu_image_per_s, out; settings: the run's Settings (data root, taxonomy, weights cache)."""
+    measured = measure(args.n, settings)
     share, source = routed_share(args.routed_share)
     model = plan(measured["seconds_per_item"], args.products, args.hours, share, args.efficiency,
                  args.gpu_text_per_s, args.gpu_image_per_s)

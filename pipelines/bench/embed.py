@@ -7,21 +7,18 @@ import tempfile
 import time
 
 
-
-def _inputs(modality: str, n: int, data: str):
-    import os
+def _inputs(modality: str, n: int, settings):
+    """The first n products of the settings' data root: Myntra for images (only those whose file exists: the
+    bare pass opens files directly), H&M for texts (long descriptions)."""
+    from pathlib import Path
 
     from pipelines.ingest.normalize import normalize_platform
-
-    os.environ["PRODCAT_DATA"] = data
-    from pipelines.settings import data_root
+    from pipelines.taxonomy.tree import load_taxonomy
 
     platform = "myntra" if modality == "image" else "hm"
-    products = normalize_platform(platform, data_root() / platform, verify_images=False).products
+    products = normalize_platform(platform, settings.raw_dir(platform), taxonomy=load_taxonomy(settings.taxonomy_path),
+                                  verify_images=False).products
     if modality == "image":
-        # the bare pass opens files directly: keep products whose image file exists (a few Myntra ids have none)
-        from pathlib import Path
-
         products = products[products["image_path"].notna() & products["image_path"].map(lambda p: Path(str(p)).is_file())]
     return products.head(n).reset_index(drop=True)
 
@@ -50,26 +47,30 @@ def bare_forward(encoder, products, modality: str) -> float:
     return len(paths) / (time.perf_counter() - t0)
 
 
-def main(args) -> int:
-    """Rounds of (bare forward, cold end-to-end into a fresh store, warm re-run), interleaved so that drift in the
-    machine's speed hits both sides of a ratio alike; prints every round and the medians."""
+def main(args, settings) -> int:
+    """`prodcat bench embed`: rounds of (bare forward, cold end-to-end into a fresh store, warm re-run), interleaved
+    so that drift in the machine's speed hits both sides of a ratio alike; prints every round and the medians.
+    args: modality, n, repeats; settings: the run's Settings (data root, threads, loader workers, weights cache)."""
     import statistics
 
-    from pipelines.features.store import embed_products
     from pipelines.features.encoders import DEFAULTS, load_encoder
+    from pipelines.features.store import embed_products
 
-    products = _inputs(args.modality, args.n, args.data)
-    encoder = load_encoder(DEFAULTS[args.modality])
+    spec = DEFAULTS[args.modality]
+    run = {"progress": not settings.quiet, "loader_workers": settings.loader_workers, "threads": settings.threads,
+           "weights_cache": settings.weights_cache}
+    products = _inputs(args.modality, args.n, settings)
+    encoder = load_encoder(spec, threads=settings.threads, weights_cache=settings.weights_cache)
     encoder.encode(["warm up"]) if args.modality == "text" else None
     rounds = []
     for r in range(max(1, args.repeats)):
         bare = bare_forward(encoder, products, args.modality)
         with tempfile.TemporaryDirectory() as store:
             t0 = time.perf_counter()
-            manifest, _ = embed_products(products, args.modality, DEFAULTS[args.modality], store)
+            manifest, _ = embed_products(products, args.modality, spec, store, **run)
             cold = time.perf_counter() - t0
             t0 = time.perf_counter()
-            embed_products(products, args.modality, DEFAULTS[args.modality], store)
+            embed_products(products, args.modality, spec, store, **run)
             warm = time.perf_counter() - t0
         computed = manifest.attrs["n_computed"]
         e2e = computed / cold

@@ -39,11 +39,59 @@ def save(model, out_dir: str | Path) -> Path:
     return out / "lexical.skops"
 
 
+class UntrustedModelFile(ValueError):
+    """A lexical.skops holding a type outside SKOPS_ALLOWED: refused before anything in it is built."""
+
+
+# Every type a saved lexical space holds ({"svd": fit_lexical(...), "expert": tfidf_svm_model(...)}), by the
+# name skops records. Loading builds nothing else: a file naming any other type (os.system, a foreign class) is
+# refused, whoever wrote it. Extend this list when the saved models gain a type (the error names it).
+SKOPS_ALLOWED = frozenset({
+    "builtins.bool", "builtins.dict", "builtins.float", "builtins.int", "builtins.list", "builtins.NoneType",
+    "builtins.str", "builtins.tuple", "builtins.slice",
+    "numpy.dtype", "numpy.ndarray", "numpy.float32", "numpy.float64", "numpy.int32", "numpy.int64", "numpy.bool_",
+    "scipy.sparse._csr.csr_matrix", "scipy.sparse._csr.csr_array",
+    "sklearn.pipeline.Pipeline", "sklearn.pipeline.FeatureUnion",
+    "sklearn.feature_extraction.text.TfidfVectorizer", "sklearn.feature_extraction.text.TfidfTransformer",
+    "sklearn.decomposition._truncated_svd.TruncatedSVD", "sklearn.preprocessing._data.Normalizer",
+    "sklearn.svm._classes.LinearSVC",
+})
+
+
+def skops_types(path: Path) -> set[str]:
+    """Every `module.Class` a skops file names (objects, types, functions alike), read from its schema alone:
+    nothing is imported or built."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            schema = json.loads(z.read("schema.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        raise UntrustedModelFile(f"{path} is not a readable skops file: {type(e).__name__}: {e}") from e
+    found, todo = set(), [schema]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            if "__module__" in node and "__class__" in node:
+                found.add(f"{node['__module__']}.{node['__class__']}")
+            todo.extend(node.values())
+        elif isinstance(node, list):
+            todo.extend(node)
+    return found
+
+
 def load(out_dir: str | Path):
+    """The saved lexical space, after checking that the file names only SKOPS_ALLOWED types; skops itself is then
+    told to trust exactly those beyond its own defaults (it refuses anything else, should the walk miss a node)."""
     import skops.io as sio
 
     path = Path(out_dir) / "lexical.skops"
-    return sio.load(path, trusted=sio.get_untrusted_types(file=path))
+    foreign = sorted(skops_types(path) - SKOPS_ALLOWED)
+    if foreign:
+        raise UntrustedModelFile(f"{path} holds types outside the lexical allow-list: {', '.join(foreign)}; "
+                                 "refusing to load it (nothing in it was built)")
+    return sio.load(path, trusted=sorted(SKOPS_ALLOWED))
 
 
 def fit_expert(texts: list[str], labels: list, groups: list, folds: int = 5, seed: int = 0):

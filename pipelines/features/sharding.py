@@ -14,8 +14,9 @@ Equivalence: shards are cut from the same ordered todo list the in-process path 
 encoder's batch size, so every batch the model sees is the batch it would see in process; vectors, store keys and
 predictions are identical (tests/test_distributed.py compares them).
 
-    with cluster_client() as client:          # PRODCAT_DASK_SCHEDULER, the cluster we run inside, or None
-        manifest, matrix = embed_products_distributed(products, "text", "minilm", store_dir, client)
+    with cluster_client(settings.dask_scheduler) as client:   # that scheduler, the cluster we run inside, or None
+        manifest, matrix = embed_products_distributed(products, "text", "minilm", store_dir, client,
+                                                      shard_resources=settings.dask_shard_resources)
         paths, conf, prob = predict_distributed(model_dir, features, available, client)
 """
 from __future__ import annotations
@@ -31,12 +32,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
-SCHEDULER_ENV = "PRODCAT_DASK_SCHEDULER"
 SHARD_ITEMS = 1024  # items per embedding shard (rounded up to the encoder's batch size): what a killed worker loses
 PREDICT_ROWS = 8192  # feature rows per classification shard
 HASH_ITEMS = 2048  # image paths per hashing task
-RESOURCES_ENV = "PRODCAT_DASK_SHARD_RESOURCES"  # e.g. "GPU=1": embedding shards only run on workers started with
-# `--resources GPU=1` (one shard per GPU at a time); hashing and classification shards stay unrestricted
 
 # ---- worker side: resident models ------------------------------------------------------------------------------
 
@@ -44,37 +42,25 @@ _RESIDENT: dict = {}  # per worker process: memo -> loaded encoder or classifier
 LOADS: Counter = Counter()  # how often each was loaded in this process (once, unless evicted)
 
 
-def _worker_threads():
-    """Torch in a worker uses the worker's own thread count, not every core of the host."""
+def worker_threads() -> int:
+    """The thread count of the Dask worker running this task (torch then uses the worker's share of the host,
+    not every core of it); 0 outside a worker (= the cores this process may use)."""
     try:
         from distributed import get_worker
 
-        os.environ.setdefault("PRODCAT_THREADS", str(get_worker().state.nthreads))
-    except ValueError:  # not inside a worker
-        pass
+        return int(get_worker().state.nthreads)
+    except (ImportError, ValueError):  # not inside a worker
+        return 0
 
 
-def dask_setup(worker=None):
-    """Worker preload (`dask worker --preload pipelines.features.sharding`; local_cluster() sets it). dask sizes every task
-    result; Dagster's events (dagster-dask step results) are `@record` tuples that refuse iteration, so dask's generic
-    tuple sizing fails and logs a warning per step. They are small: count them flat."""
-    import sys
-
-    from dagster import DagsterEvent
-    from dask.sizeof import sizeof
-
-    sizeof.register(DagsterEvent)(sys.getsizeof)
-
-
-def resident_encoder(spec, kind: str):
+def resident_encoder(spec, kind: str, weights_cache=None):
     """The encoder for `spec` (name or config dict), loaded once per worker process; a joint encoder gives the
-    tower for `kind`, like embed_store.embed does."""
+    tower for `kind`, like store.embed does."""
     from pipelines.features.encoders import encoder_config, load_encoder
 
     memo = ("encoder", json.dumps(encoder_config(spec), sort_keys=True, default=str), kind)
     if memo not in _RESIDENT:
-        _worker_threads()
-        encoder = load_encoder(spec)
+        encoder = load_encoder(spec, threads=worker_threads(), weights_cache=weights_cache)
         if encoder.modality == "joint":
             encoder = encoder.text_view() if kind == "text" else encoder.image_view()
         if encoder.modality != kind:
@@ -93,11 +79,10 @@ def resident_model(model_dir, digest: str):
     directory is a new key, never a stale resident copy)."""
     memo = ("model", digest)
     if memo not in _RESIDENT:
-        _worker_threads()
-        from pipelines.features.encoders import configure_threads
         from pipelines.classify.train import load_model
+        from pipelines.features.encoders import configure_threads
 
-        configure_threads()
+        configure_threads(worker_threads())
         model = load_model(model_dir)
         if model_digest(model_dir) != digest:
             raise RuntimeError(f"{model_dir} changed while being loaded (weights digest is not {digest})")
@@ -113,9 +98,9 @@ def resident_loads() -> dict:
 
 # ---- worker side: tasks ----------------------------------------------------------------------------------------
 
-def encoder_identity(spec, kind: str) -> dict:
+def encoder_identity(spec, kind: str, weights_cache=None) -> dict:
     """What the driver needs to open the store: key, dim, batch size, and the store's meta record."""
-    enc = resident_encoder(spec, kind)
+    enc = resident_encoder(spec, kind, weights_cache)
     meta = {"key": enc.key, "dim": enc.dim, "modality": enc.modality, "config": enc.cfg,
             "weights_sha256": enc.weights}
     return {"key": enc.key, "dim": int(enc.dim), "batch_size": int(enc.cfg.get("batch_size", 64)), "meta": meta}
@@ -127,16 +112,17 @@ def hash_images(paths: list) -> tuple[list, list]:
     return image_keys(paths)
 
 
-def embed_shard(kind: str, spec, items: list, store_dir: str) -> dict:
-    """Encode one shard into the store. Items already stored (a retried shard) are skipped by embed_*."""
+def embed_shard(kind: str, spec, items: list, store_dir: str, weights_cache=None) -> dict:
+    """Encode one shard into the store. Items already stored (a retried shard) are skipped by embed_*. No progress
+    bar: many workers' bars interleaved are noise; the driver reports per shard."""
     from pipelines.features.store import embed_images, embed_texts
 
     t0 = time.perf_counter()
-    encoder = resident_encoder(spec, kind)
+    encoder = resident_encoder(spec, kind, weights_cache)
     if kind == "text":
-        res = embed_texts(items, encoder, store_dir)
+        res = embed_texts(items, encoder, store_dir, progress=False)
     else:  # a worker process is a daemon: it cannot fork DataLoader workers, so decode in the task's thread
-        res = embed_images(items, encoder, store_dir, num_workers=0)
+        res = embed_images(items, encoder, store_dir, num_workers=0, progress=False)
     failed = {k: e for k, e in zip(res.keys, res.errors) if e and k}
     return {"n_computed": res.n_computed, "failed": failed, "seconds": time.perf_counter() - t0, "pid": os.getpid()}
 
@@ -166,14 +152,14 @@ def in_worker() -> bool:
 def cluster_client(address: str | None = None):
     """A Client for sharding, or None (embed in process): inside a Dask task (e.g. a Dagster step on the
     dask executor) the cluster running it, via worker_client (the task secedes from the worker's thread pool
-    while it waits for its shards, so it cannot starve them); else `address` or $PRODCAT_DASK_SCHEDULER."""
+    while it waits for its shards, so it cannot starve them); else the scheduler at `address`
+    (Settings.dask_scheduler, e.g. tcp://host:8786); else None."""
     if in_worker():
         from distributed import worker_client
 
         with worker_client() as client:
             yield client
         return
-    address = address or os.environ.get(SCHEDULER_ENV, "")
     if not address:
         yield None
         return
@@ -186,23 +172,27 @@ def cluster_client(address: str | None = None):
         client.close()
 
 
-def local_cluster(n_workers: int = 2, threads_per_worker: int = 1, **kwargs):
-    """A LocalCluster of separate worker processes (nannies restart a worker that dies) over loopback TCP."""
+def local_cluster(n_workers: int = 2, threads_per_worker: int = 1, preload=(), **kwargs):
+    """A LocalCluster of separate worker processes (nannies restart a worker that dies) over loopback TCP.
+    `preload`: modules every worker imports at start (the Dagster layer passes its own, e.g. to size its events)."""
     from distributed import LocalCluster
 
     return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
                         host="127.0.0.1", dashboard_address=kwargs.pop("dashboard_address", ":0"),
-                        preload=kwargs.pop("preload", ["pipelines.features.sharding"]), **kwargs)
+                        preload=list(preload), **kwargs)
 
 
-def shard_resources() -> dict | None:
-    spec = os.environ.get(RESOURCES_ENV, "").strip()
+def parse_shard_resources(spec: str = "") -> dict | None:
+    """Settings.dask_shard_resources ("GPU=1", "GPU=1,MEM=4") as dask resources: embedding shards then only run
+    on workers started with `--resources GPU=1` (one shard per GPU at a time); hashing and classification shards
+    stay unrestricted. Empty: no restriction."""
+    spec = (spec or "").strip()
     if not spec:
         return None
     try:
         return {k.strip(): float(v) for k, v in (part.split("=") for part in spec.split(","))}
     except ValueError:
-        raise ValueError(f"{RESOURCES_ENV}={spec!r}: expected NAME=AMOUNT[,NAME=AMOUNT], e.g. GPU=1") from None
+        raise ValueError(f"dask shard resources {spec!r}: expected NAME=AMOUNT[,NAME=AMOUNT], e.g. GPU=1") from None
 
 
 def _digest(parts) -> str:
@@ -233,18 +223,20 @@ def _image_keys(client, paths: list) -> tuple[list, list]:
     return [k for k, _ in out], [e for _, e in out]
 
 
-def embed_distributed(items: list, kind: str, spec, store_dir, client, shard_items: int = SHARD_ITEMS):
-    """embed_store.embed's result (EmbedResult), computed by shards on the cluster. stats: shards, shards_retried
-    (tasks a dead worker was holding), workers (pids that encoded something)."""
-    from pipelines.features.store import EmbeddingStore, _clean, _finish, sha
+def embed_distributed(items: list, kind: str, spec, store_dir, client, shard_items: int = SHARD_ITEMS,
+                      shard_resources: str = "", weights_cache=None):
+    """store.embed's result (EmbedResult), computed by shards on the cluster. stats: shards, shards_retried
+    (tasks a dead worker was holding), workers (pids that encoded something). `shard_resources`: see
+    parse_shard_resources(); `weights_cache`: Settings.weights_cache, for the workers' encoders."""
+    from pipelines.features.store import EmbeddingStore, text_value, _finish, sha
 
     if kind not in ("text", "image"):
         raise ValueError(f"kind must be 'text' or 'image', got {kind!r}")
     t0 = time.perf_counter()
-    ident = client.submit(encoder_identity, spec, kind, pure=False).result()
+    ident = client.submit(encoder_identity, spec, kind, weights_cache, pure=False).result()
     store = EmbeddingStore(store_dir, ident["key"], ident["dim"], ident["meta"])
     if kind == "text":
-        items = [_clean(t) for t in items]
+        items = [text_value(t) for t in items]
         errors = [None if t else "empty text" for t in items]
         keys = [sha(t.encode("utf-8")) if t else "" for t in items]
     else:
@@ -258,8 +250,9 @@ def embed_distributed(items: list, kind: str, spec, store_dir, client, shard_ite
     shards = [[todo[k] for k in order[s:e]] for s, e in _shard_bounds(len(order), shard_items, ident["batch_size"])]
     names = [f"prodcat-embed-{ident['key']}-{_digest(order[s:e])}"
              for s, e in _shard_bounds(len(order), shard_items, ident["batch_size"])]
-    resources = shard_resources()
-    futures = [client.submit(embed_shard, kind, spec, shard, str(store_dir), key=name, resources=resources)
+    resources = parse_shard_resources(shard_resources)
+    futures = [client.submit(embed_shard, kind, spec, shard, str(store_dir), weights_cache, key=name,
+                             resources=resources)
                for shard, name in zip(shards, names)]
     done = client.gather(futures)
     retried = client.run_on_scheduler(_suspicious, names)
@@ -277,13 +270,15 @@ def embed_distributed(items: list, kind: str, spec, store_dir, client, shard_ite
     return result
 
 
-def embed_products_distributed(products, modality: str, spec, store_dir, client, shard_items: int = SHARD_ITEMS):
-    """embed_store.embed_products on the cluster: the same (manifest, matrix), attrs included."""
+def embed_products_distributed(products, modality: str, spec, store_dir, client, shard_items: int = SHARD_ITEMS,
+                               shard_resources: str = "", weights_cache=None):
+    """store.embed_products on the cluster: the same (manifest, matrix), attrs included."""
     from pipelines.features.store import product_items, product_manifest
 
     if modality not in ("text", "image"):
         raise ValueError(f"modality must be 'text' or 'image', got {modality!r}")
-    result = embed_distributed(product_items(products, modality), modality, spec, store_dir, client, shard_items)
+    result = embed_distributed(product_items(products, modality), modality, spec, store_dir, client, shard_items,
+                               shard_resources, weights_cache)
     manifest = product_manifest(products, result)
     manifest.attrs.update(encoder=result.stats["encoder"], dim=int(result.vectors.shape[1]),
                           n_computed=result.n_computed, n_cached=result.n_cached, seconds=round(result.seconds, 2),

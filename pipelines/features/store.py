@@ -1,39 +1,39 @@
-"""Content-addressed embedding cache and the batched embedding loop.
+"""Embedding through the content-addressed cache: the batched loop that encodes only what the store lacks.
 
-Layout: <store>/<encoder key>/shard-<uuid>.npz, each holding `keys` (sha256 of the text or image bytes) and
-`vectors` (float32). The encoder key (name + config + weights hash + preprocessing version) is its own directory,
-so changing an encoder invalidates exactly its entries. Shards are immutable and written to a temp name, fsynced,
-then renamed: a killed run leaves only whole shards, and several processes may write at once (unique names, no
-shared mutable index). The index (key -> shard, row) is rebuilt from the shards' keys on open; vectors are read
-lazily, only from shards that hold something asked for.
+The cache key of an item is the sha256 of its text or image bytes; the encoder key (name + config + weights hash +
+preprocessing version) is its own directory of shards (pipelines/features/shards.py: EmbeddingStore), so changing
+an encoder invalidates exactly its entries.
 
     res = embed(texts_or_image_paths, encoder, store_dir)   # EmbedResult: vectors, ok, errors, n_computed, n_cached
-    manifest, matrix = embed_products(products, "text" | "image", "minilm", store_dir)
+    manifest, matrix = embed_products(products, "text" | "image", "minilm", store_dir, progress=False)
+
+Items whose stored vectors vanish during a call (another process quarantined their shard) are recomputed, not a
+failure: their vectors are read into memory (`EmbeddingStore.pin`) before anything is encoded.
 """
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import time
-import uuid
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from pipelines.features.shards import EmbeddingStore, MissingEntries, ShardFormatError  # noqa: F401 (re-exported)
+
 CHUNK = 512  # items encoded between two shard writes: the most a killed run loses
-STALE_TMP_SECONDS = 3600  # temp shards older than this belong to a dead writer
+LOADER_WORKERS = 1  # image decoding processes by default (Settings.loader_workers): one overlaps the model, more
+# steal its cores
 
 
 def text_of(title, description="") -> str:
     """The text a product is embedded by: title + ' . ' + description."""
-    title, description = _clean(title), _clean(description)
+    title, description = text_value(title), text_value(description)
     return f"{title} . {description}" if description else title
 
 
-def _clean(value) -> str:
+def text_value(value) -> str:
+    """A cell as stripped text; '' for None and NaN (pandas' missing value), so they count as empty text."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return ""
     return str(value).strip()
@@ -41,99 +41,6 @@ def _clean(value) -> str:
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-class EmbeddingStore:
-    """One encoder's namespace of the cache."""
-
-    def __init__(self, root: str | Path, encoder_key: str, dim: int | None = None, meta: dict | None = None):
-        self.dir = Path(root) / encoder_key
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.dim = dim
-        self.index: dict[str, tuple[Path, int]] = {}
-        self._keys: dict[Path, int] = {}  # shard -> number of rows
-        self._vectors: dict[Path, np.ndarray] = {}
-        if meta is not None and not (self.dir / "meta.json").exists():
-            self._write_atomic(self.dir / "meta.json", json.dumps(meta, indent=1, default=str).encode())
-        self._sweep_stale_tmp()
-        self.refresh()
-
-    def _sweep_stale_tmp(self):
-        for tmp in self.dir.glob(".tmp-*"):
-            try:
-                if time.time() - tmp.stat().st_mtime > STALE_TMP_SECONDS:
-                    tmp.unlink()
-            except OSError:
-                pass  # another process got there first
-
-    def refresh(self):
-        """Pick up shards written since (by this or another process)."""
-        for shard in sorted(self.dir.glob("shard-*.npz")):
-            if shard in self._keys:
-                continue
-            try:
-                with np.load(shard, allow_pickle=False) as z:
-                    keys, shape = z["keys"], z["vectors"].shape
-                if len(keys) != shape[0] or (self.dim is not None and shape[1] != self.dim):
-                    raise ValueError(f"{len(keys)} keys, vectors {shape}, expected dim {self.dim}")
-            except Exception as e:  # unreadable (disk fault, foreign file): set aside, its items get recomputed
-                bad = shard.with_name(shard.name + ".corrupt")
-                warnings.warn(f"embedding store: unreadable shard {shard} ({type(e).__name__}: {e}); "
-                              f"moved to {bad.name}, its entries will be recomputed")
-                try:
-                    os.replace(shard, bad)
-                except OSError:
-                    pass
-                continue
-            self._keys[shard] = len(keys)
-            for i, k in enumerate(keys.tolist()):
-                self.index.setdefault(k, (shard, i))
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.index
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    @property
-    def shards(self) -> list[Path]:
-        return sorted(self._keys)
-
-    def _shard_vectors(self, shard: Path) -> np.ndarray:
-        if shard not in self._vectors:
-            with np.load(shard, allow_pickle=False) as z:
-                self._vectors[shard] = z["vectors"]
-        return self._vectors[shard]
-
-    def get(self, keys: list[str]) -> np.ndarray:
-        if not keys:
-            return np.zeros((0, self.dim or 0), np.float32)
-        return np.stack([self._shard_vectors(s)[i] for s, i in (self.index[k] for k in keys)])
-
-    @staticmethod
-    def _write_atomic(path: Path, data: bytes):
-        tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic: readers see the whole file or none of it
-
-    def put(self, keys: list[str], vectors: np.ndarray):
-        if not keys:
-            return
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if len(keys) != len(vectors) or not np.isfinite(vectors).all():
-            raise ValueError(f"refusing to store {len(keys)} keys with vectors {vectors.shape} (or non-finite values)")
-        import io
-
-        buf = io.BytesIO()
-        np.savez(buf, keys=np.array(keys), vectors=vectors)
-        shard = self.dir / f"shard-{uuid.uuid4().hex}.npz"
-        self._write_atomic(shard, buf.getvalue())
-        self._keys[shard], self._vectors[shard] = len(keys), vectors
-        for i, k in enumerate(keys):
-            self.index.setdefault(k, (shard, i))
 
 
 def open_store(store, encoder) -> EmbeddingStore:
@@ -160,11 +67,10 @@ class EmbedResult:
     stats: dict = field(default_factory=dict)
 
 
-def _progress(total, desc):
+def _progress(total, desc, show: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="item", disable=total == 0 or os.environ.get("PRODCAT_QUIET") == "1",
-                mininterval=2.0, smoothing=0.1)
+    return tqdm(total=total, desc=desc, unit="item", disable=total == 0 or not show, mininterval=2.0, smoothing=0.1)
 
 
 def _finish(encoder, store, keys, errors, cached, n_computed, t0) -> EmbedResult:
@@ -194,17 +100,25 @@ class _Writer:
         self.keys, self.parts = [], []
 
 
-def embed_texts(texts: list[str], encoder, store) -> EmbedResult:
-    """Encode the distinct texts not in the store, shortest first (batches pad little), then read all back."""
+def _cached(store: EmbeddingStore, keys: list) -> list[bool]:
+    """Which keys the store serves. Their vectors are read into memory now, so a shard another process
+    quarantines or removes later in this call cannot fail the read-back; entries already gone are recomputed."""
+    store.pin([k for k in keys if k])
+    return [bool(k) and k in store for k in keys]
+
+
+def embed_texts(texts: list[str], encoder, store, progress: bool = True) -> EmbedResult:
+    """Encode the distinct texts not in the store, shortest first (batches pad little), then read all back.
+    `progress`: a tqdm bar on stderr (off for quiet runs and inside other progress bars)."""
     t0 = time.perf_counter()
     store = open_store(store, encoder)
-    texts = [_clean(t) for t in texts]
+    texts = [text_value(t) for t in texts]
     errors = [None if t else "empty text" for t in texts]
     keys = [sha(t.encode("utf-8")) if t else "" for t in texts]
-    cached = [bool(k) and k in store for k in keys]
+    cached = _cached(store, keys)
     todo = {k: t for k, t, c in zip(keys, texts, cached) if k and not c}
     order = sorted(todo, key=lambda k: len(todo[k]))
-    writer, bar = _Writer(store), _progress(len(order), f"embed text [{encoder.key}]")
+    writer, bar = _Writer(store), _progress(len(order), f"embed text [{encoder.key}]", progress)
     for b in range(0, len(order), encoder.batch_size):
         batch = order[b:b + encoder.batch_size]
         writer.add(batch, encoder.encode([todo[k] for k in batch]))
@@ -267,30 +181,24 @@ def image_keys(paths: list) -> tuple[list, list]:
     return keys, errors
 
 
-def loader_workers(num_workers: int | None) -> int:
-    if num_workers is not None:
-        return int(num_workers)
-    return int(os.environ.get("PRODCAT_LOADER_WORKERS", 1))  # one decoder overlaps the model; more steal its cores
-
-
-def embed_images(paths: list, encoder, store, num_workers: int | None = None) -> EmbedResult:
-    """Encode the distinct image files not in the store. One DataLoader (workers decode while the model runs)
-    streams batches; a shard is written every CHUNK items."""
+def embed_images(paths: list, encoder, store, num_workers: int | None = None, progress: bool = True) -> EmbedResult:
+    """Encode the distinct image files not in the store. One DataLoader (`num_workers` decoding processes while
+    the model runs; None = Settings.loader_workers' default) streams batches; a shard is written every CHUNK items."""
     from torch.utils.data import DataLoader
 
     t0 = time.perf_counter()
     store = open_store(store, encoder)
     keys, errors = image_keys(paths)
-    cached = [bool(k) and k in store for k in keys]
+    cached = _cached(store, keys)
     todo = {}
     for i, (k, e) in enumerate(zip(keys, errors)):
         if e is None and k not in store and k not in todo:
             todo[k] = str(paths[i])
     todo_keys = list(todo)
-    workers = loader_workers(num_workers) if len(todo_keys) > encoder.batch_size else 0
+    workers = (LOADER_WORKERS if num_workers is None else int(num_workers)) if len(todo_keys) > encoder.batch_size else 0
     loader = DataLoader(_ImageFiles([todo[k] for k in todo_keys], encoder.preprocess), batch_size=encoder.batch_size,
                         num_workers=workers, collate_fn=_collate, prefetch_factor=4 if workers else None)
-    writer, bar = _Writer(store), _progress(len(todo_keys), f"embed image [{encoder.key}]")
+    writer, bar = _Writer(store), _progress(len(todo_keys), f"embed image [{encoder.key}]", progress)
     failed: dict[str, str] = {}
     for ready, batch, batch_failed in loader:
         failed.update((todo_keys[i], err) for i, err in batch_failed)
@@ -303,7 +211,8 @@ def embed_images(paths: list, encoder, store, num_workers: int | None = None) ->
     return _finish(encoder, store, keys, errors, cached, len(todo_keys) - len(failed), t0)
 
 
-def embed(items: list, encoder, store, kind: str | None = None, num_workers: int | None = None) -> EmbedResult:
+def embed(items: list, encoder, store, kind: str | None = None, num_workers: int | None = None,
+          progress: bool = True) -> EmbedResult:
     """Embed texts (kind='text') or image files (kind='image', items are paths; None = no image) through the
     cache. `kind` defaults to the encoder's modality; a joint (CLIP) encoder needs it."""
     kind = kind or encoder.modality
@@ -314,9 +223,9 @@ def embed(items: list, encoder, store, kind: str | None = None, num_workers: int
     if kind != encoder.modality:
         raise ValueError(f"encoder {encoder.key} is a {encoder.modality} encoder, asked for {kind!r}")
     if kind == "text":
-        return embed_texts(list(items), encoder, store)
+        return embed_texts(list(items), encoder, store, progress)
     if kind == "image":
-        return embed_images(list(items), encoder, store, num_workers)
+        return embed_images(list(items), encoder, store, num_workers, progress)
     raise ValueError(f"kind must be 'text' or 'image', got {kind!r}")
 
 
@@ -339,18 +248,22 @@ def product_manifest(products, result):
                          "error": [e or "" for e in result.errors], "content_hash": result.keys})
 
 
-def embed_products(products, modality: str, encoder_cfg, store_dir, num_workers: int | None = None):
+def embed_products(products, modality: str, encoder_cfg, store_dir, *, progress: bool = True,
+                   loader_workers: int | None = None, threads: int = 0, weights_cache=None):
     """Embed a product table's text (title . description) or images through the cache.
 
     Returns (manifest, matrix): manifest has one row per product in input order — product_id, platform, uid
     ('platform:product_id'), status ('ok'|'failed'), ok (bool), error ('' when ok), content_hash — and
-    attrs {encoder, dim, n_computed, n_cached, seconds}; matrix is float32 [n, dim] with NaN rows where not ok."""
+    attrs {encoder, dim, n_computed, n_cached, seconds}; matrix is float32 [n, dim] with NaN rows where not ok.
+    The run's settings come as arguments: `progress` (not Settings.quiet), `loader_workers`, `threads` (torch
+    threads, 0 = the cores this process may use) and `weights_cache` (where weight hashes are remembered)."""
     from pipelines.features.encoders import load_encoder
 
     if modality not in ("text", "image"):
         raise ValueError(f"modality must be 'text' or 'image', got {modality!r}")
-    encoder = load_encoder(encoder_cfg)
-    result = embed(product_items(products, modality), encoder, store_dir, kind=modality, num_workers=num_workers)
+    encoder = load_encoder(encoder_cfg, threads=threads, weights_cache=weights_cache)
+    result = embed(product_items(products, modality), encoder, store_dir, kind=modality, num_workers=loader_workers,
+                   progress=progress)
     manifest = product_manifest(products, result)
     manifest.attrs.update(encoder=encoder.key if encoder.modality != "joint" else f"{encoder.key}-{modality}",
                           dim=int(result.vectors.shape[1]), n_computed=result.n_computed, n_cached=result.n_cached,

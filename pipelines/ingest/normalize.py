@@ -1,6 +1,8 @@
 """Raw shop export -> platform-normalised products in the shared taxonomy, plus quarantine and coverage.
 
-Invariant: rows in = products + quarantined rows. Every quarantined row carries a reason.
+Invariant: rows in = products + quarantined rows (checked on every run: RowCountMismatch, never an `assert`).
+Every quarantined row carries a reason. An export whose every row is quarantined still gives the outputs: an empty
+products table in the canonical schema, the quarantine, and a coverage report whose `warnings` say why.
 """
 from __future__ import annotations
 
@@ -15,12 +17,38 @@ import pandas as pd
 from pipelines.ingest.mapping import MappingTable, load_mapping
 from pipelines.ingest.shops import BadRow, get_adapter, read_export
 from pipelines.ingest.splits import assign_splits
+from pipelines.settings import MAPPINGS_DIR
 from pipelines.taxonomy.tree import Taxonomy, load_taxonomy, path_str
 
 PRODUCT_COLUMNS = ["product_id", "platform", "group_id", "title", "description", "brand", "gender", "image_path",
                    "image_status", "native_path", "category_path", "split"]
+LIST_COLUMNS = ("native_path", "category_path")  # lists of strings; every other product column is a string
 QUARANTINE_COLUMNS = ["platform", "line", "product_id", "title", "native_path", "reason", "reason_kind"]
 OUT_OF_SCOPE = "out of scope"
+
+
+class RowCountMismatch(RuntimeError):
+    """Rows read != rows normalised + rows quarantined: a row was lost or counted twice (a bug, never bad input)."""
+
+
+def product_schema():
+    """The canonical products table as Arrow types, so an empty table keeps its column types in parquet."""
+    import pyarrow as pa
+
+    return pa.schema([(c, pa.list_(pa.string()) if c in LIST_COLUMNS else pa.string()) for c in PRODUCT_COLUMNS])
+
+
+def quarantine_schema():
+    import pyarrow as pa
+
+    return pa.schema([(c, pa.int64() if c == "line" else pa.string()) for c in QUARANTINE_COLUMNS])
+
+
+def _write_parquet(df: pd.DataFrame, schema, path: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pandas(df, schema=schema, preserve_index=False), path)
 
 
 @dataclass
@@ -30,10 +58,11 @@ class NormalizeResult:
     coverage: dict
 
     def write(self, out_dir: str | Path) -> Path:
+        """products.parquet and quarantine.parquet in their canonical schemas (also when empty), coverage.json."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self.products.to_parquet(out / "products.parquet", index=False)
-        self.quarantine.to_parquet(out / "quarantine.parquet", index=False)
+        _write_parquet(self.products, product_schema(), out / "products.parquet")
+        _write_parquet(self.quarantine, quarantine_schema(), out / "quarantine.parquet")
         (out / "coverage.json").write_text(json.dumps(self.coverage, indent=2))
         return out
 
@@ -99,13 +128,13 @@ def checked_records(adapter, input_dir: Path, reject, counter: dict):
 
 def normalize_platform(platform: str, input_dir: str | Path, taxonomy: Taxonomy | None = None,
                        mapping: MappingTable | None = None, mapping_path: str | Path | None = None,
-                       verify_images: bool = True) -> NormalizeResult:
-    from pipelines.settings import MAPPINGS_DIR
-
+                       verify_images: bool = True, mappings_dir: str | Path = MAPPINGS_DIR) -> NormalizeResult:
+    """One shop's export in the shared taxonomy. The mapping is `mapping`, else the table at `mapping_path`, else
+    `<mappings_dir>/<platform>.csv`; the taxonomy defaults to data/taxonomy.yaml."""
     adapter = get_adapter(platform)
     input_dir = Path(input_dir)
     taxonomy = taxonomy or load_taxonomy()
-    mapping = mapping or load_mapping(mapping_path or MAPPINGS_DIR / f"{platform}.csv", taxonomy)
+    mapping = mapping or load_mapping(mapping_path or Path(mappings_dir) / f"{platform}.csv", taxonomy)
 
     products, quarantine = [], []
     reject = quarantine_to(quarantine, platform)
@@ -122,19 +151,37 @@ def normalize_platform(platform: str, input_dir: str | Path, taxonomy: Taxonomy 
         rec["category_path"] = list(rule.category_path)
         products.append(rec)
 
-    df = pd.DataFrame(products, columns=[c for c in PRODUCT_COLUMNS if c not in ("image_status", "split")])
-    if verify_images:
-        df["image_status"] = check_images(df["image_path"].tolist())
-    else:
-        df["image_status"] = ["unchecked" if p else "missing" for p in df["image_path"]]
-    # the canonical table only points at images that decode
-    df.loc[~df["image_status"].isin(["ok", "unchecked"]), "image_path"] = None
-    df["split"] = assign_splits(df["group_id"], platform)
-    df = df[PRODUCT_COLUMNS].reset_index(drop=True)
-    quarantined = pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS)
+    df = product_table(products, platform, verify_images)
+    quarantined = pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS).astype({"line": "int64"})
     coverage = coverage_report(platform, counter["rows_in"], df, quarantined, mapping)
-    assert coverage["rows_in"] == coverage["rows_normalised"] + coverage["rows_quarantined"], coverage
+    if coverage["rows_in"] != coverage["rows_normalised"] + coverage["rows_quarantined"]:
+        raise RowCountMismatch(f"{platform}: {coverage['rows_in']} rows read but {coverage['rows_normalised']} "
+                               f"normalised + {coverage['rows_quarantined']} quarantined")
     return NormalizeResult(df, quarantined, coverage)
+
+
+def product_table(records: list[dict], platform: str, verify_images: bool) -> pd.DataFrame:
+    """The canonical products table (PRODUCT_COLUMNS; string columns of dtype object, also when empty), with
+    image status and split. The table only points at images that decode."""
+    df = pd.DataFrame(records, columns=[c for c in PRODUCT_COLUMNS if c not in ("image_status", "split")], dtype=object)
+    if verify_images:
+        df["image_status"] = pd.Series(check_images(df["image_path"].tolist()), index=df.index, dtype=object)
+    else:
+        df["image_status"] = pd.Series(["unchecked" if p else "missing" for p in df["image_path"]], index=df.index,
+                                       dtype=object)
+    df.loc[~df["image_status"].isin(["ok", "unchecked"]), "image_path"] = None
+    df["split"] = pd.Series(assign_splits(df["group_id"], platform), index=df.index, dtype=object)
+    return df[PRODUCT_COLUMNS].reset_index(drop=True)
+
+
+def coverage_warnings(rows_in: int, rows_normalised: int, quarantine: pd.DataFrame) -> list[str]:
+    """What a reader of the coverage must not miss: an export that gave no product at all, and why."""
+    if rows_normalised:
+        return []
+    if not rows_in:
+        return ["the export holds no data rows: no products"]
+    kinds = ", ".join(f"{k} ({n})" for k, n in Counter(quarantine["reason_kind"]).most_common())
+    return [f"no products: all {rows_in} rows were quarantined ({kinds}); see quarantine.parquet for each reason"]
 
 
 def coverage_report(platform: str, rows_in: int, products: pd.DataFrame, quarantine: pd.DataFrame,
@@ -159,4 +206,5 @@ def coverage_report(platform: str, rows_in: int, products: pd.DataFrame, quarant
         "image_status": dict(Counter(products["image_status"].str.split(":").str[0]).most_common()),
         "splits": dict(Counter(products["split"]).most_common()),
         "categories": int(products["category_path"].map(tuple).nunique()) if len(products) else 0,
+        "warnings": coverage_warnings(rows_in, len(products), quarantine),
     }

@@ -5,7 +5,6 @@ Run as a blocking Dagster asset check; also callable directly (`validate_product
 from __future__ import annotations
 
 import logging
-import os
 
 import pandas as pd
 
@@ -49,16 +48,22 @@ def build_suite(taxonomy: Taxonomy, platform: str, min_rows: int = 1):
     return suite
 
 
+def _quiet_context():
+    """An in-memory GX context with analytics off (its own `analytics_enabled` config, so no environment variable
+    is needed: no network here, and none wanted) and no progress bars."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import (DataContextConfig, InMemoryStoreBackendDefaults,
+                                                            ProgressBarsConfig)
+
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(), analytics_enabled=False,
+                               progress_bars=ProgressBarsConfig(globally=False))
+    return gx.get_context(mode="ephemeral", project_config=config)
+
+
 def validate_products(products: pd.DataFrame, taxonomy: Taxonomy, platform: str) -> dict:
     """Returns {'success': bool, 'results': [{expectation, column, success, observed}], 'statistics': ...}."""
-    import great_expectations as gx
-
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # no network here, and none wanted
-    logging.getLogger("great_expectations").setLevel(logging.ERROR)
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    context = _quiet_context()
     source = context.data_sources.add_pandas(f"prodcat_{platform}")
     batch_def = source.add_dataframe_asset("products").add_batch_definition_whole_dataframe("all")
     batch = batch_def.get_batch(batch_parameters={"dataframe": _frame_for_checks(products)})

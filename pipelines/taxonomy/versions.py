@@ -28,20 +28,12 @@ def _subtree(tree, node: tuple, path: str):
     return value
 
 
-def accept_proposals(taxonomy_path: str | Path, node, proposals: list[dict], out: str | Path,
-                     overwrite: bool = False) -> Path:
-    """Write the next taxonomy version where `node` gains the accepted children; the input stays untouched.
-    `out` is the new file (.yaml) or a directory (the file is then `<stem>.v<N+1>.yaml`).
+class RelabelCountError(RuntimeError):
+    """Re-labelling changed the number of products (it must only move them): a bug, reported with both counts."""
 
-    proposals: [{"cluster_id": 3, "name": "Sports Shoes"}, ...]; several clusters may share a name (they merge
-    into one child). The node stops being listed as shallow. Returns the new file's path."""
-    src = Path(taxonomy_path)
-    taxonomy = load_taxonomy(src)  # validates the source first
-    node = _node(node)
-    if node not in taxonomy:
-        raise ValueError(f"{src}: node {path_str(node)} is not in the taxonomy")
-    if len(node) >= taxonomy.depth:
-        raise ValueError(f"{path_str(node)} is at the deepest level ({taxonomy.levels[-1]}): it cannot gain children")
+
+def proposal_names(proposals: list[dict]) -> list[str]:
+    """The distinct child names of the accepted proposals, in order (equal names merge into one child)."""
     if not proposals:
         raise ValueError("no proposals to accept")
     names = []
@@ -53,11 +45,12 @@ def accept_proposals(taxonomy_path: str | Path, node, proposals: list[dict], out
             raise ValueError(f"proposal name {name!r} contains '>' (the path separator)")
         if name not in names:
             names.append(name)
-    existing = {c[-1] for c in taxonomy.children(node)}
-    clash = sorted(set(names) & existing)
-    if clash:
-        raise ValueError(f"{path_str(node)} already has children named {clash}")
+    return names
 
+
+def _next_version_doc(src: Path, node: tuple, names: list[str], proposals: list[dict]) -> dict:
+    """The taxonomy document of the next version: `node` gains `names` as children, stops being shallow, and the
+    history records where each came from."""
     doc = yaml.safe_load(src.read_text())
     version = int(doc.get("version", 1)) + 1
     parent = _subtree(doc["tree"], node[:-1], str(src))
@@ -72,8 +65,12 @@ def accept_proposals(taxonomy_path: str | Path, node, proposals: list[dict], out
     doc.setdefault("history", []).append({
         "version": version, "derived_from": f"{src.name} (version {version - 1})", "node": list(node),
         "added": names, "clusters": {str(p["cluster_id"]): " ".join(str(p["name"]).split()) for p in proposals}})
+    return doc
 
-    out = Path(out)
+
+def _write_version(doc: dict, src: Path, node: tuple, names: list[str], out: Path, overwrite: bool) -> Path:
+    """Write the new version next to (never over) the source; it must load, or no file is left behind."""
+    version = doc["version"]
     if out.suffix not in (".yaml", ".yml"):
         out = out / f"{src.stem.split('.v')[0]}.v{version}.yaml"
     if out.resolve() == src.resolve() or (out.exists() and not overwrite):
@@ -85,12 +82,34 @@ def accept_proposals(taxonomy_path: str | Path, node, proposals: list[dict], out
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=120))
     try:
-        load_taxonomy(tmp)  # the new version must load, or no file is left behind
+        load_taxonomy(tmp)
     except Exception:
         tmp.unlink()
         raise
     tmp.replace(out)
     return out
+
+
+def accept_proposals(taxonomy_path: str | Path, node, proposals: list[dict], out: str | Path,
+                     overwrite: bool = False) -> Path:
+    """Write the next taxonomy version where `node` gains the accepted children; the input stays untouched.
+    `out` is the new file (.yaml) or a directory (the file is then `<stem>.v<N+1>.yaml`).
+
+    proposals: [{"cluster_id": 3, "name": "Sports Shoes"}, ...]; several clusters may share a name (they merge
+    into one child). The node stops being listed as shallow. Returns the new file's path."""
+    src = Path(taxonomy_path)
+    taxonomy = load_taxonomy(src)  # validates the source first
+    node = _node(node)
+    if node not in taxonomy:
+        raise ValueError(f"{src}: node {path_str(node)} is not in the taxonomy")
+    if len(node) >= taxonomy.depth:
+        raise ValueError(f"{path_str(node)} is at the deepest level ({taxonomy.levels[-1]}): it cannot gain children")
+    names = proposal_names(proposals)
+    clash = sorted(set(names) & {c[-1] for c in taxonomy.children(node)})
+    if clash:
+        raise ValueError(f"{path_str(node)} already has children named {clash}")
+    doc = _next_version_doc(src, node, names, proposals)
+    return _write_version(doc, src, node, names, Path(out), overwrite)
 
 
 def relabel(products_df: pd.DataFrame, cluster_assignments: pd.DataFrame, mapping: dict, node=None,
@@ -175,7 +194,9 @@ def accept_from_report(report_dir: str | Path, node, cluster_ids: list[int], out
     relabelled = relabel(products, assignments, mapping, node, taxonomy)
     relabelled.insert(4, "old_path", [path_str(node)] * len(relabelled))
     relabelled["category_path"] = relabelled["category_path"].map(path_str)
-    assert len(relabelled) == len(assignments)  # re-labelling moves products, never drops or adds them
+    if len(relabelled) != len(assignments):  # re-labelling moves products, never drops or adds them
+        raise RelabelCountError(f"re-labelling {path_str(node)} gave {len(relabelled)} products for "
+                                f"{len(assignments)} assigned")
     table = new_file.with_name(new_file.stem + ".relabelled.parquet")
     relabelled.to_parquet(table, index=False)
     return {"taxonomy": str(new_file), "version": taxonomy.version, "node": path_str(node),

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import csv
 import importlib
-import sys
 from pathlib import Path
 
-csv.field_size_limit(sys.maxsize)
+from pipelines.settings import PLATFORMS
+
+# Largest CSV field we read: 16 MiB. Python's default (128 KiB) rejects long product descriptions; sys.maxsize
+# overflows the C long on Windows. A bigger field quarantines the rest of the export ("malformed CSV from here on").
+MAX_FIELD_BYTES = 16 * 1024 * 1024
 
 
 class BadRow(ValueError):
@@ -27,8 +30,6 @@ def get_adapter(platform: str):
     try:
         return importlib.import_module(f"pipelines.ingest.shops.{platform}")
     except ModuleNotFoundError:
-        from pipelines.settings import PLATFORMS
-
         raise BadExport(f"unknown platform {platform!r}; known: {', '.join(PLATFORMS)}") from None
 
 
@@ -40,6 +41,8 @@ def read_export(path: Path, required: list[str]):
     """
     if not path.exists():
         raise BadExport(f"export file {path} does not exist")
+    if csv.field_size_limit() < MAX_FIELD_BYTES:  # process-wide setting: raised here, when reading, never lowered
+        csv.field_size_limit(MAX_FIELD_BYTES)
     with path.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
         reader = csv.reader(f)
         try:
