@@ -135,7 +135,8 @@ def job_cluster(settings: Settings):
     if settings.dask_scheduler:
         yield settings
         return
+    from orchestration.dask_preload import DASK_PRELOAD
     from pipelines.features.sharding import local_cluster
 
-    with local_cluster(settings.dask_workers, 1) as cluster:
+    with local_cluster(settings.dask_workers, 1, preload=DASK_PRELOAD) as cluster:
         yield settings.with_(dask_scheduler=cluster.scheduler_address)

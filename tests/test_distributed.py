@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from dagster import AssetKey, AssetSelection, DagsterInstance
 
-from pipelines.settings import SAMPLE_DIR
+from pipelines.settings import SAMPLE_DIR, Settings
 
 ROWS = 200  # myntra products in the test export (short titles: MiniLM is cheap)
 KILL_TEXTS = 240  # H&M title + description texts embedded while a worker is killed
@@ -72,20 +72,23 @@ def engines(raw, client, tmp_path_factory):
     """normalized_products + text_embeddings [myntra] materialised in process, on the multiprocess executor and
     on the dask executor (existing scheduler), each into its own work dir and Dagster instance."""
     from orchestration.definitions import build_definitions
-    from orchestration.executors import stage_runner
+    from orchestration.runners import stage_runner
     from pipelines.features.sharding import resident_loads
 
     out = {}
     for executor in ("in_process", "multiprocess", "dask"):
         root = tmp_path_factory.mktemp(executor)
-        defs = build_definitions(data_root=str(raw), work_dir=str(root / "work"))
+        # only the dask executor's steps shard over the cluster; in-process and multiprocess runs stay in process
+        scheduler = client.scheduler.address if executor == "dask" else ""
+        settings = Settings(data_root=raw, work_dir=root / "work", threads=1, dask_scheduler=scheduler)
+        defs = build_definitions(settings)
         (root / "dagster").mkdir()
         (root / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
         instance = DagsterInstance.local_temp(str(root / "dagster"))  # persistent: other processes read it
-        run = stage_runner(executor, address=client.scheduler.address)
+        run = stage_runner(executor, settings)
         loads_before = client.run(resident_loads)
         t0 = time.perf_counter()
-        results = [run(defs, AssetSelection.assets(a), instance, "myntra")
+        results = [run(defs, (a,), instance, "myntra")
                    for a in ("normalized_products", "text_embeddings")]
         print(f"{executor}: {time.perf_counter() - t0:.1f} s")
         out[executor] = {"work": root / "work", "instance": instance, "results": results,

@@ -67,7 +67,7 @@ def recategorisation_clusters(context: AssetExecutionContext, settings: ProdcatS
     cfg = load_recategorise_config(json.loads(config.overrides))
     node = parse_path(context.partition_key)
     products = node_products(catalogue, [node])
-    features = frozen_features(products, settings.work("store"), cfg)  # cache hits after the embedding assets
+    features = frozen_features(products, settings.work("store"), cfg, threads=settings.value.threads)  # cache hits
     res = recategorise_node(products, node, features, cfg, settings.work("recategorisation", node_slug(node)),
                             log=context.log.info, threads=settings.value.threads)
     table = res.clusters.copy()

@@ -49,7 +49,8 @@ def node_texts(products: pd.DataFrame, cfg: dict) -> list[str]:
     return [str(t) for t in products["title"]]
 
 
-def frozen_features(products: pd.DataFrame, store: str | Path, cfg: dict, modalities=("text", "image")) -> dict:
+def frozen_features(products: pd.DataFrame, store: str | Path, cfg: dict, modalities=("text", "image"),
+                    threads: int = 0) -> dict:
     """Frozen text / image embeddings of `products` from the content-addressed store (computed only when missing);
     NaN rows where a product has none."""
     from pipelines.features.store import embed_products
@@ -57,7 +58,7 @@ def frozen_features(products: pd.DataFrame, store: str | Path, cfg: dict, modali
     names = {"text": cfg["text_encoder"], "image": cfg["simclr"]["image_encoder"]}
     out = {}
     for m in modalities:
-        manifest, matrix = embed_products(products, m, names[m], store)
+        manifest, matrix = embed_products(products, m, names[m], store, progress=False, threads=threads)
         matrix[~manifest["ok"].to_numpy()] = np.nan
         out[m] = matrix
     return out

@@ -154,7 +154,7 @@ def run_recategorisation(data_root: str | Path, out_dir: str | Path, nodes: list
     candidates.to_csv(out / "candidates.csv", index=False)
     log(candidates[candidates["candidate"]].drop(columns="top_native_labels").to_string(index=False))
     at_nodes = node_products(products, nodes)
-    features = frozen_features(at_nodes, store, cfg)
+    features = frozen_features(at_nodes, store, cfg, threads=threads)
     summary = {}
     for node in nodes:
         res = recategorise_node(at_nodes, node, features, cfg, out / node_slug(node), log=log, threads=threads)
