@@ -5,10 +5,10 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from dagster import AssetKey, AssetSelection, DagsterInstance, MultiPartitionKey
+from dagster import AssetKey, DagsterInstance, MultiPartitionKey
 
-from orchestration.jobs import run_stage
-from pipelines.settings import PLATFORMS
+from orchestration.runners import run_in_process
+from pipelines.settings import PLATFORMS, Settings
 
 
 def _cell(holdout, strategy):
@@ -24,15 +24,15 @@ def holdout_world(sample_work, tmp_path_factory):
     root = tmp_path_factory.mktemp("holdout")
     shutil.copytree(sample_work["raw"], root / "raw")
     shutil.copytree(sample_work["work"], root / "work")
-    defs = build_definitions(data_root=str(root / "raw"), work_dir=str(root / "work"))
+    defs = build_definitions(Settings(data_root=str(root / "raw"), work_dir=str(root / "work")))
     instance = DagsterInstance.ephemeral()
-    for selection, keys in [("normalized_products", PLATFORMS), ("text_embeddings image_embeddings", PLATFORMS),
-                            ("joint_embeddings", PLATFORMS), ("holdout_training_set", PLATFORMS)]:
-        for key in keys:
-            run_stage(defs, AssetSelection.assets(*selection.split()), instance, key)
+    for selection in [("normalized_products",), ("text_embeddings", "image_embeddings"), ("joint_embeddings",),
+                      ("holdout_training_set",)]:
+        for key in PLATFORMS:
+            run_in_process(defs, selection, instance, key)
     cells = [_cell(h, "text") for h in PLATFORMS] + [_cell("flipkart", "image")]
     for key in cells:
-        run_stage(defs, AssetSelection.assets("holdout_evaluations"), instance, key)
+        run_in_process(defs, ("holdout_evaluations",), instance, key)
     return {"defs": defs, "instance": instance, "root": root, "cells": cells}
 
 
@@ -86,7 +86,7 @@ def test_changing_one_shop_stales_only_what_reads_it(holdout_world):
     training, cells = _stale(world)
     assert set(training.values()) == {"FRESH"} and set(cells.values()) == {"FRESH"}
     # same content again: new materialisation, same data version, nothing downstream goes stale
-    run_stage(world["defs"], AssetSelection.assets("normalized_products"), world["instance"], "myntra")
+    run_in_process(world["defs"], ("normalized_products",), world["instance"], "myntra")
     training, cells = _stale(world)
     assert set(training.values()) == {"FRESH"} and set(cells.values()) == {"FRESH"}
     # H&M renames one product: only partitions that read H&M's products are stale
@@ -94,7 +94,7 @@ def test_changing_one_shop_stales_only_what_reads_it(holdout_world):
     raw = pd.read_csv(csv, dtype=str, keep_default_na=False)
     raw.loc[0, "prod_name"] = raw.loc[0, "prod_name"] + " renamed"
     raw.to_csv(csv, index=False)
-    run_stage(world["defs"], AssetSelection.assets("normalized_products"), world["instance"], "hm")
+    run_in_process(world["defs"], ("normalized_products",), world["instance"], "hm")
     training, cells = _stale(world)
     assert training == {"myntra": "STALE", "flipkart": "STALE", "hm": "FRESH"}  # H&M trains the other two holdouts
     assert cells[str(_cell("hm", "text"))] == "STALE"  # H&M is that cell's unseen shop
@@ -102,7 +102,7 @@ def test_changing_one_shop_stales_only_what_reads_it(holdout_world):
 
 
 def test_report_matrix_gap_and_heatmap(tmp_path):
-    from pipelines.classify.holdout import add_to_benchmark_report
+    from pipelines.reports.holdout import write_cross_platform_report
 
     def cell(h, s, v):
         return {"holdout": h, "strategy": s, "test": {"hF1": v, "acc_L1": v, "acc_L2": v, "acc_L3": v},
@@ -114,13 +114,13 @@ def test_report_matrix_gap_and_heatmap(tmp_path):
     (tmp_path / "benchmark.md").write_text("# bench\n")
     (tmp_path / "benchmark.json").write_text("{}")
     curves = {"hm": pd.DataFrame([{"fraction": 0.05, "labelled_products": 7, "test_hF1": 0.93, "strategy": "early"}])}
-    report, md, png = add_to_benchmark_report(cells, in_dist, curves, tmp_path)
+    report, md, png = write_cross_platform_report(cells, in_dist, curves, tmp_path)
     assert report["mean"]["early"] == pytest.approx(0.85) and report["gap"]["early"] == pytest.approx(0.12)
     assert report["gap"]["late"] == pytest.approx(0.175)
     assert "| early | 90.00 | 80.00 | 85.00 | 97.00 | 12.00 |" in md and "does not support" not in md
     assert png.exists() and png.stat().st_size > 2000
     (tmp_path / "benchmark.md").write_text((tmp_path / "benchmark.md").read_text() + "\n## Two-stage\nkept\n")
-    add_to_benchmark_report(cells, in_dist, curves, tmp_path)  # rerun replaces the section, no duplicate
+    write_cross_platform_report(cells, in_dist, curves, tmp_path)  # rerun replaces the section, no duplicate
     text = (tmp_path / "benchmark.md").read_text()
     assert text.count("## Cross-platform") == 1 and text.startswith("# bench")
     assert text.rstrip().endswith("## Two-stage\nkept")  # a later section survives the replacement

@@ -8,9 +8,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from pipelines.classify.baselines import run_baselines
 from pipelines.classify.metrics import evaluate
+from pipelines.classify.train import load_model, predict, strategy_config, train_classifier
+from pipelines.features.store import text_of
 from pipelines.taxonomy.tree import load_taxonomy
-from pipelines.classify.train import load_model, predict, strategy_config, train_baselines, train_classifier
 
 TAX = load_taxonomy()
 
@@ -48,7 +50,8 @@ def cheap():
                 "image": image}
     available = {"text": np.ones(len(df), bool), "joint": np.ones(len(df), bool), "image": has_image}
     return {"features": features, "available": available, "labels": [tuple(p) for p in df["category_path"]],
-            "split": split, "platforms": df["platform"].to_numpy(), "titles": df["title"].tolist()}
+            "split": split, "platforms": df["platform"].to_numpy(),
+            "texts": [text_of(t, d) for t, d in zip(df["title"], df["description"])]}
 
 
 def small(name, **over):
@@ -128,7 +131,7 @@ def test_mlflow_run_artifacts_and_champion_alias(cheap, tmp_path):
     import mlflow
     from mlflow import MlflowClient
 
-    from pipelines.classify.train import REGISTERED_MODEL, champion_dir, register_champion
+    from pipelines.classify.registry import REGISTERED_MODEL, champion_dir, register_champion
 
     d, uri = cheap, f"sqlite:///{tmp_path / 'mlflow.db'}"
     try:
@@ -147,26 +150,61 @@ def test_mlflow_run_artifacts_and_champion_alias(cheap, tmp_path):
         assert register_champion(res.run_id, res.val["hF1"] - 0.1, tracking_uri=uri) is False  # worse: alias stays
         assert register_champion(res.run_id, res.val["hF1"] + 0.01, tracking_uri=uri) is True
         assert str(client.get_model_version_by_alias(REGISTERED_MODEL, "champion").version) == "3"
-        local = champion_dir(tmp_path / "dl", tracking_uri=uri)
+        local = champion_dir(uri, tmp_path / "dl")
         assert load_model(local).hierarchy.sizes == [len(TAX.level_nodes(i)) for i in range(TAX.depth)]
     finally:
         mlflow.set_tracking_uri(None)
 
 
-def test_baselines_return_taxonomy_paths_and_log(cheap, tmp_path):
-    import mlflow
+def _mlflow_runs(uri: str) -> dict:
+    from mlflow import MlflowClient
 
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("prodcat")
+    return {r.info.run_id: r for r in client.search_runs([experiment.experiment_id])}, client
+
+
+def test_baselines_read_images_through_their_availability_and_log_runs(cheap, tmp_path):
+    """Issue 16 defect 2: the shipped baselines ignored images and the availability flags and were not logged.
+    NaN stands behind every missing image here: a baseline reading the vectors instead of the flags fails."""
     d, uri = cheap, f"sqlite:///{tmp_path / 'mlflow.db'}"
-    try:
-        out = train_baselines(d["titles"], d["features"], d["available"], d["labels"], d["split"], TAX,
-                              platforms=d["platforms"], mlflow_tracking_uri=uri)
-    finally:
-        mlflow.set_tracking_uri(None)
+    modalities = ("text", "image", "joint")
+    out = run_baselines(d["texts"], d["features"], d["available"], d["labels"], d["split"], TAX, seed=0,
+                        platforms=d["platforms"], modalities=modalities, tracking_uri=uri)
     assert set(out) == {"baseline_tfidf_svm", "baseline_hiclass_lcppn"}
     for name, r in out.items():
         assert r["test"]["consistency"] == 1.0, name  # both predict label paths only
         assert r["test"]["hF1"] > majority_hf1(d) + 0.2, name
-        assert r["run_id"] and set(r["per_platform"]) == {"myntra", "hm", "flipkart"}
+        assert set(r["per_platform"]) == {"myntra", "hm", "flipkart"}
+    runs, client = _mlflow_runs(uri)
+    assert {runs[r["run_id"]].info.run_name for r in out.values()} == set(out)
+    hiclass = runs[out["baseline_hiclass_lcppn"]["run_id"]]
+    assert hiclass.data.params["modalities"] == "text,image,joint" and hiclass.info.status == "FINISHED"
+    assert hiclass.data.metrics["val_hF1"] == pytest.approx(out["baseline_hiclass_lcppn"]["val"]["hF1"])
+    assert "plots/confusion_L1.png" in {a.path for a in client.list_artifacts(hiclass.info.run_id, "plots")}
+    # the flags are read: the same vectors, marked unavailable on the test rows, are not used there
+    hidden = {m: a & (d["split"] != "test") for m, a in d["available"].items()}
+    blind = run_baselines(d["texts"], d["features"], hidden, d["labels"], d["split"], TAX, seed=0,
+                          modalities=modalities)["baseline_hiclass_lcppn"]
+    assert blind["val"] == out["baseline_hiclass_lcppn"]["val"]  # val rows unchanged: same fit, same answers
+    assert blind["test"]["hF1"] < out["baseline_hiclass_lcppn"]["test"]["hF1"] - 0.2
+    assert blind["run_id"] == ""  # no tracking URI, no run
+
+
+def test_baselines_asset_logs_its_runs_in_the_settings_registry(sample_work):
+    """The `baselines` asset's table names the MLflow runs it logged, in the registry of its own Settings."""
+    import json
+
+    from orchestration.runners import run_in_process
+
+    res = run_in_process(sample_work["defs"], ("baselines",), sample_work["instance"])
+    table = res.output_for_node("baselines")
+    runs, _ = _mlflow_runs(sample_work["settings"].registry_uri)
+    for _, row in table.iterrows():
+        run = runs[row["run_id"]]
+        assert run.info.run_name == row["name"]
+        val = json.loads(row["metrics"])["val"]["hF1"]
+        assert run.data.metrics["val_hF1"] == pytest.approx(val)
 
 
 def test_late_fusion_on_the_samples_real_embeddings(sample_training, tmp_path):
@@ -175,3 +213,25 @@ def test_late_fusion_on_the_samples_real_embeddings(sample_training, tmp_path):
                            max_epochs=12, platforms=d["platforms"])
     assert res.test["consistency"] == 1.0
     assert res.test["hF1"] > majority_hf1(d) + 0.3 and res.test["hF1"] > 0.75, res.test
+
+
+def test_losing_to_a_baseline_is_a_warning_with_its_figures():
+    """Issue 16 defect 11: on the sample TF-IDF + LinearSVC beats most strategies on validation; the run says so as a
+    warning with the figures, not as a failed check."""
+    import json
+
+    import pandas as pd
+    from dagster import AssetCheckSeverity
+
+    from orchestration.assets.classifiers import beats_best_baseline
+
+    model = pd.DataFrame([{"metrics": json.dumps({"val": {"hF1": 0.9512}})}])
+    baselines = pd.DataFrame([{"name": "baseline_tfidf_svm", "metrics": json.dumps({"val": {"hF1": 0.97837}})},
+                              {"name": "baseline_hiclass_lcppn", "metrics": json.dumps({"val": {"hF1": 0.91405}})}])
+    lost = beats_best_baseline(classifiers=model, baselines=baselines)
+    assert not lost.passed and lost.severity == AssetCheckSeverity.WARN
+    assert lost.description == "val hF1 95.12 vs best baseline 97.84 (baseline_tfidf_svm): -2.72 points"
+    assert lost.metadata["best_baseline"].value == "baseline_tfidf_svm"
+    won = beats_best_baseline(classifiers=model.assign(metrics=json.dumps({"val": {"hF1": 0.99}})),
+                              baselines=baselines)
+    assert won.passed and won.metadata["margin_points"].value == pytest.approx(1.16)

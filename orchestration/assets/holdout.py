@@ -16,7 +16,6 @@ from dagster import (AllPartitionMapping, AssetExecutionContext, AssetIn, DataVe
 from orchestration.assets.classifiers import strategy_partitions
 from orchestration.partitions import platform_partitions
 from orchestration.resources import ProdcatSettings
-from pipelines import settings as config
 from pipelines.settings import PLATFORMS
 
 FROZEN = ("text", "image", "joint")
@@ -65,11 +64,11 @@ def holdout_evaluations(context: AssetExecutionContext, settings: ProdcatSetting
     from pipelines.classify.holdout import evaluate_holdout
     from pipelines.taxonomy.tree import load_taxonomy
 
-    keys = context.partition_key.keys_by_dimension
+    keys, run = context.partition_key.keys_by_dimension, settings.value
     holdout, strategy = keys["holdout"], keys["strategy"]
     res = evaluate_holdout(training_set["dir"].iloc[0], products, {"text": text, "image": image, "joint": joint},
-                           strategy, settings.work(), load_taxonomy(), settings.work("holdout", holdout, strategy),
-                           seed=settings.seed)
+                           strategy, run.work(), load_taxonomy(run.taxonomy_path),
+                           run.work("holdout", holdout, strategy), seed=run.seed, threads=run.threads)
     blob = json.dumps(res, default=float, sort_keys=True)
     test, every = res["test"], res["all"]
     return Output(pd.DataFrame([{"holdout": holdout, "strategy": strategy, "result": blob}]),
@@ -88,36 +87,35 @@ def holdout_evaluations(context: AssetExecutionContext, settings: ProdcatSetting
 def holdout_fewshot(context: AssetExecutionContext, settings: ProdcatSettings, training_set: pd.DataFrame,
                     products: pd.DataFrame, text: pd.DataFrame, image: pd.DataFrame,
                     joint: pd.DataFrame) -> Output[pd.DataFrame]:
-    from pipelines.classify.holdout import few_shot_curve, load_config
+    from pipelines.classify.holdout import few_shot_curve, load_holdout_config
     from pipelines.taxonomy.tree import load_taxonomy
 
-    cfg = load_config()
-    holdout = context.partition_key
+    cfg, run, holdout = load_holdout_config(), settings.value, context.partition_key
     curve = few_shot_curve(training_set["dir"].iloc[0], products, {"text": text, "image": image, "joint": joint},
-                           cfg["fewshot"]["strategy"], settings.work(), load_taxonomy(),
-                           settings.work("holdout", holdout, "fewshot"), cfg["fewshot"]["fractions"], cfg,
-                           seed=settings.seed)
+                           cfg["fewshot"]["strategy"], run.work(), load_taxonomy(run.taxonomy_path),
+                           run.work("holdout", holdout, "fewshot"), cfg["fewshot"]["fractions"], cfg,
+                           seed=run.seed, threads=run.threads)
     table = pd.DataFrame(curve).assign(holdout=holdout, strategy=cfg["fewshot"]["strategy"])
     return Output(table, metadata={"curve": MetadataValue.md(table.to_markdown(index=False))})
 
 
-@asset(group_name="reports", code_version="1",
+@asset(group_name="reports", code_version="2",
        ins={"evaluations": AssetIn("holdout_evaluations", partition_mapping=AllPartitionMapping()),
             "fewshot": AssetIn("holdout_fewshot", partition_mapping=AllPartitionMapping()),
             "classifiers": AssetIn("classifiers", partition_mapping=AllPartitionMapping()),
             "benchmark": AssetIn("benchmark_report")},
-       description="Leave-one-platform-out matrix, generalisation gaps, few-shot curve and heatmap; appended to "
-                   "benchmark.md / benchmark.json as the cross-platform section.")
+       description="Leave-one-platform-out matrix, generalisation gaps, few-shot curve and heatmap; the "
+                   "cross-platform section of benchmark.md / key of benchmark.json (replaced on a re-run).")
 def holdout_report(settings: ProdcatSettings, evaluations: dict, fewshot: dict, classifiers: dict,
                    benchmark: pd.DataFrame) -> Output[pd.DataFrame]:
-    from pipelines.classify.holdout import add_to_benchmark_report
+    from pipelines.reports.holdout import write_cross_platform_report
 
     cells = [json.loads(df["result"].iloc[0]) for df in evaluations.values()]
     in_dist = {}
     for strategy, df in classifiers.items():
         per = json.loads(df["metrics"].iloc[0]).get("per_platform", {})
         in_dist[strategy] = {p: m.get("hF1") for p, m in per.items() if m}
-    report, md, png = add_to_benchmark_report(cells, in_dist, fewshot, settings.work("report"))
+    report, md, png = write_cross_platform_report(cells, in_dist, fewshot, settings.work("report"))
     table = pd.DataFrame([{"strategy": s, "holdout": h, "test_hF1": v}
                           for s, row in report["matrix_test"].items() for h, v in row.items()])
     img = base64.b64encode(png.read_bytes()).decode()

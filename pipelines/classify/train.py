@@ -1,7 +1,9 @@
-"""Train, save, load and evaluate hierarchical classifiers and the baselines; MLflow tracking and the `champion` alias.
+"""Train, save, load and evaluate hierarchical classifiers (the baselines: baselines.py; MLflow runs and the
+`champion` alias: registry.py).
 
 A model directory holds model.safetensors (weights), model.json (strategy config, input dims, the taxonomy node
-list and depth it was trained on), metrics.json, and the test predictions (test_rows.npy, test_predictions.json).
+list and depth it was trained on, and the manifest of what made its input vectors: manifest.py), metrics.json, and
+the test predictions (test_rows.npy, test_predictions.json).
 No pickles, no Lightning checkpoints: the best epoch's weights are kept in memory and written once.
 """
 from __future__ import annotations
@@ -15,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-STRATEGY_DIR = Path(__file__).resolve().parents[1] / "models" / "configs" / "strategies"
+from pipelines.classify.registry import log_run
+from pipelines.settings import ROOT
+
+STRATEGY_DIR = ROOT / "models" / "configs" / "strategies"
 STRATEGIES = ["text", "image", "joint", "early", "late", "attention"]
-REGISTERED_MODEL = "prodcat-classifier"
-EXPERIMENT = "prodcat"
 
 
 def strategy_config(name_or_cfg) -> dict:
@@ -95,24 +98,15 @@ class KeepBest:
         return _KeepBest()
 
 
-def train_classifier(strategy, features: dict, available: dict, labels: list, split: np.ndarray, taxonomy,
-                     out_dir, seed: int = 0, max_epochs: int | None = None, mlflow_tracking_uri: str | None = None,
-                     platforms=None) -> TrainResult:
-    """Fit on split=='train', early-stop on 'val' (config `monitor`: val_hF1 or val_loss), save the best epoch,
-    report val and test metrics (overall, and per platform when `platforms` is given). With a tracking URI the
-    run is logged to MLflow (params, metrics, confusion plots, model files) and its id is in result.run_id."""
+def _fit_best_epoch(cfg: dict, features: dict, available: dict, labels: list, split: np.ndarray, taxonomy,
+                    seed: int, max_epochs: int | None):
+    """Seeded, deterministic Lightning fit with early stopping on cfg['monitor'] (val_hF1 or val_loss); the best
+    epoch's weights are loaded back. -> (model on CPU in eval mode, train seconds, epochs run, best epoch)."""
     import lightning as L
     import torch
 
     from models.classifier import EmbeddingData, HierarchicalClassifier
-    from pipelines.features.encoders import configure_threads
 
-    configure_threads()
-    cfg = strategy_config(strategy)
-    n = check_inputs(features, available, cfg["modalities"])
-    split = np.asarray(split)
-    if len(labels) != n or len(split) != n:
-        raise ValueError(f"{n} feature rows but {len(labels)} labels and {len(split)} split values")
     L.seed_everything(seed, workers=True, verbose=False)
     torch.use_deterministic_algorithms(True, warn_only=True)
     dims = {m: int(features[m].shape[1]) for m in cfg["modalities"]}
@@ -128,37 +122,69 @@ def train_classifier(strategy, features: dict, available: dict, labels: list, sp
                         num_sanity_val_steps=0, callbacks=[stop, keep], deterministic="warn")
     t0 = time.perf_counter()
     trainer.fit(model, datamodule=data)
-    train_seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
     model.load_state_dict(keep.state)
-    model = model.cpu().eval()
-    out = save_model(model, out_dir)
+    return model.cpu().eval(), seconds, trainer.current_epoch, keep.epoch
 
-    result = TrainResult(out, cfg["name"], {}, {}, train_seconds, 0.0, trainer.current_epoch, best_epoch=keep.epoch)
-    for name in ("val", "test"):
-        rows = np.flatnonzero(split == name)
-        x = {m: features[m][rows] for m in cfg["modalities"]}
-        av = {m: np.asarray(available[m][rows], bool) for m in cfg["modalities"]}
-        t1 = time.perf_counter()
-        paths, conf, prob = model.predict_arrays(x, av)
-        ms = 1000 * (time.perf_counter() - t1) / max(len(rows), 1)
-        fallback = model.fallback(av)
-        metrics = _metrics([labels[i] for i in rows], paths, prob, taxonomy)
-        if metrics:
-            metrics["fallback_rate"] = float(fallback.mean())
-        setattr(result, name, metrics)
-        if name == "test":
-            result.infer_ms_per_item = ms
-            result.test_rows, result.test_paths, result.test_confidence, result.test_fallback = rows, paths, conf, fallback
-            if platforms is not None:
-                result.per_platform = per_platform(labels, paths, prob, rows, platforms, taxonomy)
-            np.save(out / "test_rows.npy", rows)
-            (out / "test_predictions.json").write_text(json.dumps([list(p) for p in paths]))
+
+def _score_split(result: TrainResult, model, name: str, features: dict, available: dict, labels: list,
+                 split: np.ndarray, taxonomy, platforms=None):
+    """Predict split `name` with the trained model and put its metrics on `result` (test also keeps the predictions,
+    the inference time per item and the per-platform metrics)."""
+    modalities = model.modalities
+    rows = np.flatnonzero(split == name)
+    x = {m: features[m][rows] for m in modalities}
+    av = {m: np.asarray(available[m][rows], bool) for m in modalities}
+    t0 = time.perf_counter()
+    paths, conf, prob = model.predict_arrays(x, av)
+    ms = 1000 * (time.perf_counter() - t0) / max(len(rows), 1)
+    fallback = model.fallback(av)
+    metrics = _metrics([labels[i] for i in rows], paths, prob, taxonomy)
+    if metrics:
+        metrics["fallback_rate"] = float(fallback.mean())
+    setattr(result, name, metrics)
+    if name == "test":
+        result.infer_ms_per_item = ms
+        result.test_rows, result.test_paths, result.test_confidence, result.test_fallback = rows, paths, conf, fallback
+        if platforms is not None:
+            result.per_platform = per_platform(labels, paths, prob, rows, platforms, taxonomy)
+
+
+def _write_results(result: TrainResult, out: Path):
+    """test_rows.npy, test_predictions.json and metrics.json beside the model files."""
+    np.save(out / "test_rows.npy", result.test_rows)
+    (out / "test_predictions.json").write_text(json.dumps([list(p) for p in result.test_paths]))
     (out / "metrics.json").write_text(json.dumps({"val": result.val, "test": result.test,
                                                   "per_platform": result.per_platform,
-                                                  "train_seconds": train_seconds,
+                                                  "train_seconds": result.train_seconds,
                                                   "infer_ms_per_item": result.infer_ms_per_item,
                                                   "epochs": result.epochs, "best_epoch": result.best_epoch},
                                                  indent=2))
+
+
+def train_classifier(strategy, features: dict, available: dict, labels: list, split: np.ndarray, taxonomy,
+                     out_dir, seed: int = 0, max_epochs: int | None = None, mlflow_tracking_uri: str | None = None,
+                     platforms=None, provenance: dict | None = None, threads: int = 0) -> TrainResult:
+    """Fit on split=='train', early-stop on 'val' (config `monitor`: val_hF1 or val_loss), save the best epoch,
+    report val and test metrics (overall, and per platform when `platforms` is given). With a tracking URI the
+    run is logged to MLflow (params, metrics, confusion plots, model files) and its id is in result.run_id.
+    `provenance` (manifest.feature_provenance) records in model.json what made the input vectors. `threads`: torch
+    intra-op threads (0 = the cores this process may use); identical bits across runs need the same count."""
+    from pipelines.features.encoders import configure_threads
+
+    configure_threads(threads)
+    cfg = strategy_config(strategy)
+    n = check_inputs(features, available, cfg["modalities"])
+    split = np.asarray(split)
+    if len(labels) != n or len(split) != n:
+        raise ValueError(f"{n} feature rows but {len(labels)} labels and {len(split)} split values")
+    model, seconds, epochs, best_epoch = _fit_best_epoch(cfg, features, available, labels, split, taxonomy, seed,
+                                                         max_epochs)
+    out = save_model(model, out_dir, taxonomy=taxonomy, provenance=provenance)
+    result = TrainResult(out, cfg["name"], {}, {}, seconds, 0.0, epochs, best_epoch=best_epoch)
+    for name in ("val", "test"):
+        _score_split(result, model, name, features, available, labels, split, taxonomy, platforms)
+    _write_results(result, out)
     if mlflow_tracking_uri:
         log_run(result, cfg, taxonomy=taxonomy, labels=labels, tracking_uri=mlflow_tracking_uri)
     return result
@@ -177,21 +203,29 @@ def per_platform(labels, paths, prob, rows, platforms, taxonomy) -> dict:
                         None if prob is None else prob[plat == p], taxonomy) for p in sorted(set(plat))}
 
 
-def save_model(model, out_dir) -> Path:
-    """Weights as safetensors + config JSON with the taxonomy the model was trained on (no pickles)."""
+def save_model(model, out_dir, taxonomy=None, provenance: dict | None = None) -> Path:
+    """Weights as safetensors + model.json: config, dims, the taxonomy nodes it predicts and the manifest of what
+    it was trained with (manifest.build_manifest), so classify and serve can refuse other vectors. No pickles; both
+    files are written atomically."""
     from safetensors.torch import save_file
+
+    from pipelines.classify.manifest import build_manifest, write_atomic
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors")
-    (out / "model.json").write_text(json.dumps({"cfg": model.cfg, "dims": model.dims,
-                                                "nodes": [list(n) for lvl in model.hierarchy.level_nodes
-                                                          for n in lvl],
-                                                "depth": model.hierarchy.depth}, indent=2))
+    tmp = out / f".model.safetensors.{os.getpid()}.tmp"
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
+    os.replace(tmp, out / "model.safetensors")
+    nodes = [list(n) for lvl in model.hierarchy.level_nodes for n in lvl]
+    meta = {"cfg": model.cfg, "dims": model.dims, "nodes": nodes, "depth": model.hierarchy.depth,
+            "manifest": build_manifest(model.dims, nodes, taxonomy, provenance)}
+    write_atomic(out / "model.json", json.dumps(meta, indent=2).encode())
     return out
 
 
 def load_model(model_dir):
+    """The classifier saved in `model_dir` (what its manifest says it was trained with is checked by the callers
+    that feed it new vectors: manifest.check_model)."""
     from safetensors.torch import load_file
 
     from models.classifier import HierarchicalClassifier
@@ -219,112 +253,7 @@ def predict(model_dir, features: dict, available: dict, return_fallback: bool = 
     return (*out, model.fallback(avail)) if return_fallback else out
 
 
-# ---- baselines -------------------------------------------------------------------------------------------------
-
-def train_baselines(titles: list[str], features: dict, available: dict, labels: list, split: np.ndarray, taxonomy,
-                    seed: int = 0, platforms=None, mlflow_tracking_uri: str | None = None,
-                    modalities=("text", "image", "joint"), out_dir=None) -> dict:
-    """Both baselines on the same split: TF-IDF + LinearSVC on `titles`, HiClass LCPPN + LR on the concatenated
-    available `modalities`. -> {name: {val, test, per_platform, train_seconds, infer_ms_per_item, run_id}}."""
-    from pipelines.classify.baselines import concat_available, hiclass_lcppn, tfidf_svm
-
-    split = np.asarray(split)
-    modalities = [m for m in modalities if m in features]
-    x = concat_available(features, available, modalities)
-    fits = {"baseline_tfidf_svm": lambda: tfidf_svm(list(titles), labels, split, seed),
-            "baseline_hiclass_lcppn": lambda: hiclass_lcppn(x, labels, split, taxonomy.depth, seed)}
-    out = {}
-    for name, fit in fits.items():
-        _, seconds, predict_rows = fit()
-        row = {"train_seconds": seconds, "run_id": ""}
-        for s in ("val", "test"):
-            rows = np.flatnonzero(split == s)
-            t0 = time.perf_counter()
-            pred = predict_rows(rows)
-            if s == "test":
-                row["infer_ms_per_item"] = 1000 * (time.perf_counter() - t0) / max(len(rows), 1)
-                row["per_platform"] = ({} if platforms is None else
-                                       per_platform(labels, pred, None, rows, platforms, taxonomy))
-                row["test_rows"], row["test_paths"] = rows, pred
-            row[s] = _metrics([labels[i] for i in rows], pred, None, taxonomy)
-        if out_dir is not None:
-            d = Path(out_dir) / name
-            d.mkdir(parents=True, exist_ok=True)
-            np.save(d / "test_rows.npy", row["test_rows"])
-            (d / "test_predictions.json").write_text(json.dumps([list(p) for p in row["test_paths"]]))
-        if mlflow_tracking_uri:
-            params = {"name": name, "seed": seed, "modalities": modalities if "hiclass" in name else ["titles"]}
-            row["run_id"] = _log(name, params, row, labels, taxonomy, mlflow_tracking_uri)
-        out[name] = row
-    return out
-
-
-# ---- MLflow ----------------------------------------------------------------------------------------------------
-
-def tracking_uri() -> str:
-    from pipelines.settings import work_dir
-
-    # one registry per data root: a sample model must never become the benchmark's champion
-    work_dir().mkdir(parents=True, exist_ok=True)
-    return os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{work_dir() / 'mlruns.db'}")
-
-
-def _artifact_root(uri: str) -> Path:
-    """Artifacts next to a sqlite store (sqlite:///<dir>/x.db -> <dir>/mlartifacts), else in the work dir."""
-    from pipelines.settings import work_dir
-
-    if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):]).parent / "mlartifacts"
-    return work_dir() / "mlartifacts"
-
-
-def _use(uri: str | None, experiment: str = EXPERIMENT):
-    import mlflow
-
-    uri = uri or tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(experiment) is None:
-        mlflow.create_experiment(experiment, artifact_location=(_artifact_root(uri) / experiment).as_uri())
-    mlflow.set_experiment(experiment)
-    return mlflow
-
-
-def _log(name: str, params: dict, row: dict, labels, taxonomy, uri, model_dir: Path | None = None) -> str:
-    import tempfile
-
-    mlflow = _use(uri)
-    with mlflow.start_run(run_name=name) as run, tempfile.TemporaryDirectory() as tmp:
-        mlflow.log_params({k: v for k, v in params.items() if not isinstance(v, (list, dict))} |
-                          {"modalities": ",".join(params.get("modalities", []))})
-        for prefix in ("val", "test"):
-            mlflow.log_metrics({f"{prefix}_{k}": float(v) for k, v in row.get(prefix, {}).items()
-                                if isinstance(v, (int, float)) and np.isfinite(v)})
-        mlflow.log_metrics({k: float(row[k]) for k in ("train_seconds", "infer_ms_per_item") if k in row})
-        for p, m in row.get("per_platform", {}).items():
-            mlflow.log_metrics({f"test_{p}_hF1": float(m["hF1"])} if m else {})
-        if taxonomy is not None and labels is not None and len(row.get("test_rows", [])):
-            plot_dir = model_dir or Path(tmp)
-            for png in confusion_plots(name, [labels[i] for i in row["test_rows"]], row["test_paths"],
-                                       taxonomy.depth, plot_dir):
-                mlflow.log_artifact(str(png), "plots")
-        if model_dir is not None:
-            mlflow.log_artifacts(str(model_dir), "model")
-        return run.info.run_id
-
-
-def log_run(result: TrainResult, params: dict, experiment: str = EXPERIMENT, taxonomy=None, labels=None,
-            split=None, tracking_uri: str | None = None) -> str:
-    """Params, metrics, per-level confusion plots and the model files, in one MLflow run. -> run id."""
-    row = {"val": result.val, "test": result.test, "per_platform": result.per_platform,
-           "train_seconds": result.train_seconds, "infer_ms_per_item": result.infer_ms_per_item,
-           "test_rows": result.test_rows, "test_paths": result.test_paths}
-    if not len(row["test_rows"]) and (result.model_dir / "test_rows.npy").exists():  # a result read back from disk
-        row["test_rows"] = np.load(result.model_dir / "test_rows.npy")
-        row["test_paths"] = [tuple(p) for p in json.loads((result.model_dir / "test_predictions.json").read_text())]
-    result.run_id = _log(result.strategy, params | {"best_epoch": result.best_epoch, "epochs": result.epochs},
-                         row, labels, taxonomy, tracking_uri, model_dir=result.model_dir)
-    return result.run_id
-
+# ---- plots logged with each run ------------------------------------------------------------------------------
 
 def confusion_plots(name: str, true: list, pred: list, depth: int, out_dir) -> list[Path]:
     """One row-normalised confusion matrix PNG per taxonomy level (rows = labels known to that level)."""
@@ -356,42 +285,3 @@ def confusion_plots(name: str, true: list, pred: list, depth: int, out_dir) -> l
         plt.close(fig)
         out.append(path)
     return out
-
-
-def register_champion(run_id: str, val_hf1: float, tracking_uri: str | None = None) -> bool:
-    """Register the run's model as a new version of `prodcat-classifier`; move alias `champion` to it only if its
-    val hF1 beats the current champion's (registry aliases, not stages). The decision and both scores are recorded
-    as tags on the new version and on its run (`champion_decision`). -> whether it became champion."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    _use(tracking_uri)
-    client = MlflowClient()
-    try:
-        client.create_registered_model(REGISTERED_MODEL)
-    except MlflowException:
-        pass  # already registered
-    source = f"{client.get_run(run_id).info.artifact_uri}/model"  # plain files (safetensors + json), not a flavor
-    version = client.create_model_version(REGISTERED_MODEL, source, run_id=run_id)
-    client.set_model_version_tag(REGISTERED_MODEL, version.version, "val_hF1", f"{val_hf1:.6f}")
-    try:
-        current = client.get_model_version_by_alias(REGISTERED_MODEL, "champion")
-        best, holder = float(current.tags.get("val_hF1", "-1")), f"version {current.version}"
-    except MlflowException:
-        best, holder = -1.0, "none"
-    promoted = val_hf1 > best
-    decision = (f"promoted: val_hF1 {val_hf1:.6f}, no champion yet" if holder == "none" else
-                f"{'promoted' if promoted else 'not promoted'}: val_hF1 {val_hf1:.6f} "
-                f"{'>' if promoted else '<='} champion {holder} {best:.6f}")
-    client.set_model_version_tag(REGISTERED_MODEL, version.version, "champion_decision", decision)
-    client.set_tag(run_id, "champion_decision", decision)
-    if promoted:
-        client.set_registered_model_alias(REGISTERED_MODEL, "champion", version.version)
-    return promoted
-
-
-def champion_dir(dst: Path | None = None, tracking_uri: str | None = None) -> Path:
-    """Local copy of the registered `champion` model's files."""
-    mlflow = _use(tracking_uri)
-    return Path(mlflow.artifacts.download_artifacts(f"models:/{REGISTERED_MODEL}@champion",
-                                                   dst_path=str(dst) if dst else None))
