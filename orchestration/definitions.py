@@ -24,10 +24,10 @@ SETTINGS_IN_CODE_VERSION = {
     "normalized_products": ("taxonomy_path",),
     "text_embeddings": ("text_encoder",),
     "image_embeddings": ("image_encoder",),
-    "baselines": ("seed",),
+    "baselines": ("seed", "taxonomy_path"),
     "classifiers": ("seed", "taxonomy_path"),
-    "holdout_evaluations": ("seed",),
-    "holdout_fewshot": ("seed",),
+    "holdout_evaluations": ("seed", "taxonomy_path"),
+    "holdout_fewshot": ("seed", "taxonomy_path"),
     "stage1_model": ("seed",),
 }
 
