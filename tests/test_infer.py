@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 
 from pipelines.settings import PLATFORMS
-from pipelines.inference.two_stage import (TwoStage, abstain, candidate_thresholds, classify_export, hf1, hf1_counts,
-                             routed_counts)
+from pipelines.inference.calibration import abstain
+from pipelines.inference.export import classify_export
+from pipelines.inference.routing import candidate_thresholds, hf1, hf1_counts, routed_counts
+from pipelines.inference.two_stage import TwoStage
 from pipelines.classify.metrics import hierarchical_prf
 from pipelines.taxonomy.tree import load_taxonomy, parse_path
 
@@ -34,8 +36,9 @@ def test_hf1_counts_match_metrics():
 
 
 def test_threshold_meets_target_on_val_and_is_minimal(two_stage_models, sample_training):
-    from pipelines.inference.two_stage import Stage, load_lexical, lexical_features, product_texts
     from pipelines.classify.train import load_model
+    from pipelines.inference.calibration import Stage
+    from pipelines.inference.features import embedding_texts, lexical_features, load_lexical
 
     routing, t = two_stage_models["routing"], sample_training
     val = np.flatnonzero(t["split"] == "val")
@@ -58,7 +61,8 @@ def test_threshold_meets_target_on_val_and_is_minimal(two_stage_models, sample_t
             assert hf1(routed_counts(p1.prob, c1, c2, smaller)) < hf1(c2) - drop
     # the stage-1 features the classifier computes from raw text equal the lexical_embeddings asset's (val rows)
     cat = t["catalogue"].iloc[val]
-    lex, ok = lexical_features(load_lexical(two_stage_models["work"]), product_texts(cat["title"], cat["description"]))
+    texts = embedding_texts(cat["title"], cat["description"])
+    lex, ok = lexical_features(load_lexical(two_stage_models["work"]), texts)
     np.testing.assert_allclose(lex, t["features"]["lexical"][val], atol=1e-4)
     # the trade-off runs from all-stage-1 to all-stage-2
     shares = [r["routed_share"] for r in routing["tradeoff_test"]]
@@ -75,7 +79,7 @@ def test_abstain_cuts_back_to_last_confident_ancestor():
 
 def test_two_stage_abstention_gives_valid_ancestors(two_stage_models, sample_training):
     taxonomy = load_taxonomy()
-    clf = TwoStage.load(two_stage_models["work"], two_stage_models["stage2_dir"], "routed")
+    clf = TwoStage.load(two_stage_models["settings"], two_stage_models["stage2_dir"], "routed")
     assert clf.info["stage2_calibrated"]
     cat = sample_training["catalogue"]
     test = cat[cat["split"] == "test"]
@@ -107,10 +111,11 @@ def test_classify_cli_on_raw_sample_exports(two_stage_models, tmp_path):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summaries = {"myntra": json.loads(proc.stdout)}
-    clf = TwoStage.load(two_stage_models["work"], two_stage_models["stage2_dir"], "routed")
+    clf = TwoStage.load(two_stage_models["settings"], two_stage_models["stage2_dir"], "routed")
     for platform in ("hm", "flipkart"):
         summaries[platform] = classify_export(platform, ROOT / "data" / "sample" / platform,
-                                              tmp_path / f"{platform}.parquet", classifier=clf, progress=False)
+                                              tmp_path / f"{platform}.parquet", two_stage_models["settings"],
+                                              classifier=clf, progress=False)
     taxonomy = load_taxonomy()
     for platform in PLATFORMS:
         s = summaries[platform]
@@ -137,3 +142,19 @@ def test_classify_rejects_bad_output_suffix(two_stage_models, tmp_path):
                            str(ROOT / "data" / "sample" / "hm"), "--out", str(tmp_path / "x.xlsx"), "--stage",
                            "stage1"], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and ".parquet or .csv" in proc.stderr
+
+
+def test_stage1_mode_honours_model(two_stage_models, tmp_path):
+    """--model under --stage stage1 names the stage-1 model (it used to be ignored silently)."""
+    import shutil
+
+    copy = tmp_path / "stage1_copy"
+    shutil.copytree(two_stage_models["stage1"]["model_dir"], copy)
+    clf = TwoStage.load(two_stage_models["settings"], copy, "stage1")
+    assert clf.info["stage1"] == str(copy) and clf.stage2 is None
+    env = {**os.environ, "PRODCAT_WORK": str(two_stage_models["work"]), "PRODCAT_QUIET": "1"}
+    missing = tmp_path / "no_such_model"
+    proc = subprocess.run([sys.executable, "-m", "orchestration.cli", "classify", "--platform", "hm", "--input",
+                           str(ROOT / "data" / "sample" / "hm"), "--out", str(tmp_path / "x.csv"), "--stage",
+                           "stage1", "--model", str(missing)], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and f"no calibrated stage-1 model in {missing}" in proc.stderr

@@ -114,3 +114,20 @@ def test_not_json_and_too_large(server):
     r = server.post("/classify", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413
     assert server.get("/health").status_code == 200  # still serving
+
+
+def test_serve_refuses_a_model_of_another_taxonomy_version(two_stage_models, tmp_path):
+    """The models load (and their manifests are checked) before uvicorn starts: a clear error and exit code 2."""
+    import yaml
+
+    from pipelines.settings import TAXONOMY_PATH
+
+    doc = yaml.safe_load(TAXONOMY_PATH.read_text())
+    doc["version"] = int(doc.get("version", 1)) + 1
+    (tmp_path / "taxonomy.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    env = {**os.environ, "PRODCAT_WORK": str(two_stage_models["work"]), "PRODCAT_DATA": str(two_stage_models["raw"]),
+           "PRODCAT_TAXONOMY": str(tmp_path / "taxonomy.yaml"), "PRODCAT_QUIET": "1"}
+    proc = subprocess.run([sys.executable, "-m", "orchestration.cli", "serve", "--port", str(free_port()), "--model",
+                           str(two_stage_models["stage2_dir"])], env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "taxonomy version: model trained with 1, current configuration gives 2" in proc.stderr

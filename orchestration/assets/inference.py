@@ -1,7 +1,6 @@
 """Two-stage inference: the cheap lexical stage-1 model and the routing threshold to the champion (stage 2)."""
 import hashlib
 import json
-import re
 
 import pandas as pd
 from dagster import AllPartitionMapping, AssetIn, DataVersion, MetadataValue, Output, asset
@@ -9,22 +8,21 @@ from dagster import AllPartitionMapping, AssetIn, DataVersion, MetadataValue, Ou
 from orchestration.resources import ProdcatSettings
 
 ALL = AllPartitionMapping()
-SECTION_START, SECTION_END = "<!-- two-stage:start -->", "<!-- two-stage:end -->"
 
 
-@asset(group_name="inference", code_version="1",
+@asset(group_name="inference", code_version="2",
        ins={"catalogue": AssetIn("catalogue"), "lexical": AssetIn("lexical_embeddings", partition_mapping=ALL)},
        description="Stage 1: hierarchical masked classifier on the lexical view only (no MiniLM, no images), "
-                   "temperature-calibrated per level on validation.")
+                   "temperature-calibrated per level on validation; its manifest records the lexical space.")
 def stage1_model(settings: ProdcatSettings, catalogue: pd.DataFrame, lexical: dict) -> Output[pd.DataFrame]:
     from pipelines.classify.benchmark import training_data
-    from pipelines import settings as config
-    from pipelines.inference.two_stage import train_stage1
+    from pipelines.inference.stage1 import train_stage1
     from pipelines.taxonomy.tree import load_taxonomy
 
-    features, available, labels, split, platforms = training_data(catalogue, {"lexical": lexical}, settings.work())
-    res = train_stage1(features, available, labels, split, load_taxonomy(), settings.work("models", "stage1"),
-                       platforms=platforms, seed=settings.seed)
+    config = settings.value
+    features, available, labels, split, platforms = training_data(catalogue, {"lexical": lexical}, config.work_dir)
+    res = train_stage1(features, available, labels, split, load_taxonomy(config.taxonomy_path), config,
+                       platforms=platforms)
     cal = res["calibration"]
     weights = (settings.work("models", "stage1") / "model.safetensors").read_bytes()
     digest = hashlib.sha256(weights + json.dumps(cal["temperatures"]).encode()).hexdigest()[:16]
@@ -38,7 +36,7 @@ def stage1_model(settings: ProdcatSettings, catalogue: pd.DataFrame, lexical: di
                       "train_seconds": round(res["train_seconds"], 1), "path": res["model_dir"]})
 
 
-@asset(group_name="inference", code_version="1",
+@asset(group_name="reports", code_version="2",
        ins={"stage1": AssetIn("stage1_model"), "classifiers": AssetIn("classifiers", partition_mapping=ALL),
             "catalogue": AssetIn("catalogue"),
             **{m: AssetIn(f"{m}_embeddings", partition_mapping=ALL) for m in ("text", "image", "joint", "lexical")}},
@@ -48,17 +46,22 @@ def stage1_model(settings: ProdcatSettings, catalogue: pd.DataFrame, lexical: di
 def routing_threshold(settings: ProdcatSettings, stage1: pd.DataFrame, classifiers: dict, catalogue: pd.DataFrame,
                       text: dict, image: dict, joint: dict, lexical: dict) -> Output[pd.DataFrame]:
     from pipelines.classify.benchmark import training_data
-    from pipelines.inference.two_stage import fit_routing, product_texts, write_tradeoff_report
-    from pipelines.classify.train import champion_dir
+    from pipelines.inference.features import embedding_texts
+    from pipelines.inference.routing import fit_routing, write_tradeoff_report
+    from pipelines.inference.two_stage import stage2_source
+    from pipelines.reports.sections import merge_section_file
 
-    work = settings.work()
+    config = settings.value
     features, available, labels, split, _ = training_data(
-        catalogue, {"text": text, "image": image, "joint": joint, "lexical": lexical}, work)
-    routing = fit_routing(stage1["model_dir"].iloc[0], champion_dir(), features, available, labels, split, work,
-                          texts=product_texts(catalogue["title"], catalogue["description"]),
+        catalogue, {"text": text, "image": image, "joint": joint, "lexical": lexical}, config.work_dir)
+    stage2_dir, _ = stage2_source(config)
+    routing = fit_routing(stage1["model_dir"].iloc[0], stage2_dir, features, available, labels, split, config,
+                          texts=embedding_texts(catalogue["title"], catalogue["description"]),
                           image_paths=catalogue["image_path"].tolist())
     js, md, png = write_tradeoff_report(routing, settings.work("report"))
-    _add_report_section(settings.work("report") / "benchmark.md", md.read_text())
+    benchmark_md = settings.work("report") / "benchmark.md"
+    if benchmark_md.exists():
+        merge_section_file(benchmark_md, "two-stage", md.read_text())
     v, t = routing["val"], routing["test"]
     return Output(pd.DataFrame([{"threshold": routing["threshold"], "routing": json.dumps(routing)}]),
                   data_version=DataVersion(hashlib.sha256(json.dumps(routing, sort_keys=True).encode())
@@ -72,12 +75,3 @@ def routing_threshold(settings: ProdcatSettings, stage1: pd.DataFrame, classifie
                             "review_share_test": round(routing["abstention_test"]["review_share"], 4),
                             "tradeoff": MetadataValue.md(md.read_text()),
                             "curve": MetadataValue.md(f"![trade-off](file://{png})"), "path": str(js)})
-
-
-def _add_report_section(md_path, section: str):
-    """Put (or replace) the two-stage section in benchmark.md, between markers, so re-runs do not stack copies."""
-    if not md_path.exists():
-        return
-    text = re.sub(re.escape(SECTION_START) + ".*?" + re.escape(SECTION_END) + "\n?", "", md_path.read_text(),
-                  flags=re.S)
-    md_path.write_text(text.rstrip("\n") + f"\n\n{SECTION_START}\n{section}\n{SECTION_END}\n")

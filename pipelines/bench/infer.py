@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -22,32 +21,32 @@ import numpy as np
 import pandas as pd
 
 
-def bench_products(n: int, seed: int = 0) -> pd.DataFrame:
-    """n products drawn from every platform's raw export under the current data root."""
-    from pipelines.settings import PLATFORMS, data_root
-    from pipelines.inference.two_stage import read_export_unlabelled
+def bench_products(settings, n: int, seed: int = 0) -> pd.DataFrame:
+    """n products drawn from every platform's raw export under the settings' data root."""
+    from pipelines.inference.export import read_export_unlabelled
+    from pipelines.settings import PLATFORMS
 
-    parts = [read_export_unlabelled(p, data_root() / p)[0].assign(platform=p) for p in PLATFORMS
-             if (data_root() / p).exists()]
+    parts = [read_export_unlabelled(p, settings.raw_dir(p))[0].assign(platform=p) for p in PLATFORMS
+             if settings.raw_dir(p).exists()]
     table = pd.concat(parts, ignore_index=True)
     return table.sample(n=min(n, len(table)), random_state=seed).reset_index(drop=True)
 
 
-def batch_figures(products: pd.DataFrame) -> dict:
-    from pipelines.inference.two_stage import Stage2Features, TwoStage, stage1_config
+def batch_figures(settings, products: pd.DataFrame) -> dict:
+    from pipelines.inference.features import Stage2Features
+    from pipelines.inference.two_stage import TwoStage
 
     args = (products["title"].tolist(), products["description"].tolist(), products["image_path"].tolist())
     out = {}
     for mode in ("stage1", "stage2", "routed"):
-        clf = TwoStage.load(mode=mode)
+        clf = TwoStage.load(settings, mode=mode)
         with tempfile.TemporaryDirectory() as store:
             if clf.features2 is not None:  # cold cache: new products have no stored embeddings
-                clf.features2 = Stage2Features(clf.info["work"], stage1_config().get("encoders", {}), store=store,
-                                               modalities=clf.features2.modalities)
+                clf.features2 = Stage2Features(settings, clf.features2.modalities, store=store)
             passes = ("cold", "warm") if mode == "stage2" else ("cold",)
             for label in passes:
                 t0 = time.perf_counter()
-                res = clf.classify(*args, num_workers=None)
+                res = clf.classify(*args, num_workers=settings.loader_workers, progress=not settings.quiet)
                 seconds = time.perf_counter() - t0
                 key = mode if label == "cold" else f"{mode}_warm_cache"
                 out[key] = {"items": len(products), "seconds": round(seconds, 2),
@@ -71,13 +70,18 @@ def _payload(row) -> dict:
     return body
 
 
-def service_figures(products: pd.DataFrame, requests: int, concurrency: int) -> dict:
+def _serve_command(settings, port: int) -> list:
+    """`prodcat serve` as a child process. It inherits this process's environment (which, with the --data flag,
+    made these settings at the `prodcat bench infer` entry point), so it builds the same Settings itself."""
+    return [sys.executable, "-m", "orchestration.cli", "serve", "--port", str(port), "--data", str(settings.data_root)]
+
+
+def service_figures(settings, products: pd.DataFrame, requests: int, concurrency: int) -> dict:
     import httpx
 
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "serve", "--port", str(port)],
-                            env={**os.environ, "PRODCAT_QUIET": "1"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(_serve_command(settings, port), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         t_start = time.time()
@@ -131,14 +135,14 @@ def service_figures(products: pd.DataFrame, requests: int, concurrency: int) -> 
             if stages else None, "with_image": sum("image_base64" in b for b in bodies)}
 
 
-def main(args) -> int:
-    from pipelines.settings import data_root, work_dir
+def main(args, settings) -> int:
     from pipelines.features.encoders import cpu_threads
 
-    products = bench_products(max(args.n, args.requests))
-    report = {"data": str(data_root()), "work": str(work_dir()), "cpu_threads": cpu_threads(),
-              "batch": batch_figures(products.head(args.n)),
-              "service": service_figures(products, args.requests, args.concurrency)}
+    products = bench_products(settings, max(args.n, args.requests))
+    report = {"data": str(settings.data_root), "work": str(settings.work_dir),
+              "cpu_threads": cpu_threads(settings.threads),
+              "batch": batch_figures(settings, products.head(args.n)),
+              "service": service_figures(settings, products, args.requests, args.concurrency)}
     print(json.dumps(report, indent=2))
     print("\n| what | items | items/s | routed % |\n|---|---|---|---|")
     for k, v in report["batch"].items():

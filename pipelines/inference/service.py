@@ -1,6 +1,7 @@
 """HTTP service for two-stage classification (FastAPI): POST /classify, GET /taxonomy, GET /health; OpenAPI at /docs.
 
-The models (stage 1, the champion, encoders, lexical space) are loaded once when the app starts. Requests are
+The models (stage 1, the champion, encoders, lexical space) are loaded once, before the app starts, and checked
+against their manifests (a model trained with other encoders or another taxonomy is refused). Requests are
 validated by pydantic (clear 422 messages); bodies above MAX_BODY_BYTES get 413 before they are parsed; a batch
 holds at most MAX_BATCH products. Inference runs under one lock: the models use the machine's cores already, and
 the embedding cache writer is not meant for concurrent use within one process.
@@ -128,16 +129,17 @@ def _decode_image(b64: str, index: int, folder: Path) -> Path:
     return path
 
 
-def create_app(work=None, model_dir=None, mode: str = "routed", classifier=None) -> FastAPI:
-    """The app; the models load once at startup (or pass an already loaded `classifier`)."""
+def create_app(settings, model_dir=None, mode: str = "routed", classifier=None) -> FastAPI:
+    """The app for the models and taxonomy of `settings`; the models load once at startup (or pass an already
+    loaded `classifier`)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         from pipelines.inference.two_stage import TwoStage
         from pipelines.taxonomy.tree import load_taxonomy
 
-        app.state.clf = classifier or TwoStage.load(work, model_dir, mode)
-        app.state.taxonomy = load_taxonomy()
+        app.state.clf = classifier or TwoStage.load(settings, model_dir, mode)
+        app.state.taxonomy = load_taxonomy(settings.taxonomy_path)
         app.state.lock = threading.Lock()
         app.state.started = time.time()
         yield
@@ -191,8 +193,13 @@ def _result(product: Product, index: int, row, image_given: bool) -> Result:
                   needs_review=bool(row["needs_review"]), image_used=image_given and int(row["stage"]) == 2)
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000, model_dir=None, mode: str = "routed") -> int:
+def serve(host: str, port: int, settings, model_dir=None, mode: str = "routed") -> int:
+    """Load the models first (a missing champion or a manifest mismatch is a clear error and exit code 2 from the
+    CLI, not a failed uvicorn startup), then serve until interrupted."""
     import uvicorn
 
-    uvicorn.run(create_app(model_dir=model_dir, mode=mode), host=host, port=port, log_level="warning")
+    from pipelines.inference.two_stage import TwoStage
+
+    classifier = TwoStage.load(settings, model_dir, mode)
+    uvicorn.run(create_app(settings, classifier=classifier), host=host, port=port, log_level="warning")
     return 0
