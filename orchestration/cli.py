@@ -125,12 +125,13 @@ def cmd_taxonomy(args) -> int:
 
 def main(argv=None) -> int:
     from orchestration.cli_parser import build_parser
+    from pipelines.classify.registry import RegistryError
     from pipelines.ingest.shops import BadExport
 
     args = build_parser(sys.modules[__name__]).parse_args(argv)
     try:
         return args.fn(args)
-    except (BadExport, FileNotFoundError, NotADirectoryError, PermissionError, ValueError) as e:
+    except (BadExport, FileNotFoundError, NotADirectoryError, PermissionError, ValueError, RegistryError) as e:
         print(f"prodcat {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -24,7 +24,8 @@ PLATFORMS = ["myntra", "hm", "flipkart"]
 # environment variable -> Settings field, read only by `settings_from` (the entry points' single door)
 ENVIRONMENT = {
     "PRODCAT_DATA": "data_root", "PRODCAT_WORK": "work_dir", "PRODCAT_SEED": "seed",
-    "PRODCAT_TAXONOMY": "taxonomy_path", "MLFLOW_TRACKING_URI": "tracking_uri", "PRODCAT_THREADS": "threads",
+    "PRODCAT_TAXONOMY": "taxonomy_path", "PRODCAT_TEXT_ENCODER": "text_encoder",
+    "PRODCAT_IMAGE_ENCODER": "image_encoder", "MLFLOW_TRACKING_URI": "tracking_uri", "PRODCAT_THREADS": "threads",
     "PRODCAT_LOADER_WORKERS": "loader_workers", "PRODCAT_CACHE": "weights_cache",
     "PRODCAT_DASK_SCHEDULER": "dask_scheduler", "PRODCAT_DASK_WORKERS": "dask_workers",
     "PRODCAT_DASK_SHARD_RESOURCES": "dask_shard_resources", "PRODCAT_QUIET": "quiet",

@@ -63,21 +63,26 @@ def tiny_roberta(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def two_stage_models(sample_work, sample_training):
-    """A small stage-1 (lexical) model, calibrated, and a small stage-2 model ('early' fusion) with the routing
-    threshold between them, trained on the sample in the session's work dir (issue 7)."""
-    from pipelines.inference.two_stage import fit_routing, product_texts, train_stage1
+    """A small stage-1 (lexical) model, calibrated, and a small stage-2 model ('early' fusion, its manifest
+    recording the encoders, joint heads and lexical space) with the routing threshold between them, trained on the
+    sample in the session's work dir (issue 7)."""
+    from pipelines.classify.manifest import feature_provenance
+    from pipelines.classify.train import strategy_config, train_classifier
+    from pipelines.inference.features import embedding_texts
+    from pipelines.inference.routing import fit_routing
+    from pipelines.inference.stage1 import train_stage1
     from pipelines.taxonomy.tree import load_taxonomy
-    from pipelines.classify.train import train_classifier
 
-    work, t = sample_work["work"], sample_training
-    taxonomy = load_taxonomy()
-    stage1 = train_stage1(t["features"], t["available"], t["labels"], t["split"], taxonomy,
-                          work / "models" / "stage1", max_epochs=6)
+    work, settings, t = sample_work["work"], sample_work["settings"], sample_training
+    taxonomy = load_taxonomy(settings.taxonomy_path)
+    stage1 = train_stage1(t["features"], t["available"], t["labels"], t["split"], taxonomy, settings, max_epochs=6)
     stage2 = train_classifier("early", t["features"], t["available"], t["labels"], t["split"], taxonomy,
-                              work / "models" / "test_stage2", max_epochs=4)
+                              work / "models" / "test_stage2", max_epochs=4,
+                              provenance=feature_provenance(settings, strategy_config("early")["modalities"]))
     cat = t["catalogue"]
     routing = fit_routing(stage1["model_dir"], stage2.model_dir, t["features"], t["available"], t["labels"],
-                          t["split"], work, measure_items=32, texts=product_texts(cat["title"], cat["description"]),
+                          t["split"], settings, measure_items=32,
+                          texts=embedding_texts(cat["title"], cat["description"]),
                           image_paths=cat["image_path"].tolist())
-    return {"work": work, "raw": sample_work["raw"], "stage1": stage1, "stage2_dir": stage2.model_dir,
-            "routing": routing}
+    return {"work": work, "raw": sample_work["raw"], "settings": settings, "stage1": stage1,
+            "stage2_dir": stage2.model_dir, "routing": routing}

@@ -223,7 +223,7 @@ def _close_assistant_panel(page):
             button.click()
 
 
-def test_mlflow_ui_shows_registered_champion(tmp_path, browser_page, monkeypatch):
+def test_mlflow_ui_shows_registered_champion(tmp_path, browser_page):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlruns.db'}",
@@ -235,13 +235,12 @@ def test_mlflow_ui_shows_registered_champion(tmp_path, browser_page, monkeypatch
         wait_ready()
         import mlflow
 
-        from pipelines.classify.train import REGISTERED_MODEL, register_champion
+        from pipelines.classify.registry import REGISTERED_MODEL, register_champion
 
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", base)  # pipelines.classify.train.tracking_uri() reads it
         mlflow.set_tracking_uri(base)
         mlflow.set_experiment("prodcat")
-        assert register_champion(_log_tiny_model(0.5), 0.5)  # version 1 becomes champion
-        assert not register_champion(_log_tiny_model(0.4), 0.4)  # version 2 is worse: alias stays
+        assert register_champion(_log_tiny_model(0.5), 0.5, tracking_uri=base)  # version 1 becomes champion
+        assert not register_champion(_log_tiny_model(0.4), 0.4, tracking_uri=base)  # version 2 is worse: alias stays
 
         page = browser_page
         # first visit of the registry: a "new Model Registry UI" announcement modal covers the page

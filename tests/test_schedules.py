@@ -130,10 +130,11 @@ def test_retrained_model_becomes_champion_only_if_better_and_the_decision_is_in_
     import mlflow
     from mlflow import MlflowClient
 
-    from pipelines.classify.train import REGISTERED_MODEL, _use, register_champion
+    from pipelines.classify.registry import REGISTERED_MODEL, ensure_experiment, register_champion
 
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    _use(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment_id=ensure_experiment(uri))
 
     def trained(val_hf1: float) -> str:  # a run holding a (tiny, real) model file, as classifiers logs one
         with mlflow.start_run() as run:
