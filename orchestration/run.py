@@ -44,7 +44,7 @@ def run_main(settings: Settings, dagster_home: Path, executor: str = "in_process
     if executor == "dask" and not settings.dask_scheduler:
         with job_cluster(settings) as clustered:  # one LocalCluster for every stage of the job
             return run_main(clustered, dagster_home, executor, only, log)
-    defs = build_definitions(settings)
+    defs = build_definitions(settings.with_(quiet=True))  # one bar per stage here, none inside the steps
     selection = AssetSelection.assets(*check_asset_names(defs, only)) if only else None
     plan = stage_plan(defs, selection)
     log(f"prodcat main job on {settings.data_root} -> {settings.work_dir} (executor: {executor}, "
