@@ -17,6 +17,16 @@ def build_settings(args) -> Settings:
                          seed=getattr(args, "seed", None), quiet=True if getattr(args, "quiet", False) else None)
 
 
+# library chatter off by default (a user's own setting wins): MLflow's INFO lines and its download bars
+QUIET_LIBRARIES = {"MLFLOW_LOGGING_LEVEL": "WARNING", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+                   "TOKENIZERS_PARALLELISM": "false"}
+
+
+def quiet_libraries(environ=os.environ) -> None:
+    for name, value in QUIET_LIBRARIES.items():
+        environ.setdefault(name, value)
+
+
 def dagster_home() -> Path:
     return Path(os.environ.get("DAGSTER_HOME") or ROOT / ".dagster_home")
 
@@ -71,7 +81,6 @@ def cmd_bench_embed(args) -> int:
 def cmd_bench_capacity(args) -> int:
     from pipelines.bench.capacity import main as capacity
 
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer shares the one timed core
     return capacity(args, build_settings(args))
 
 
@@ -129,6 +138,7 @@ def main(argv=None) -> int:
     from pipelines.ingest.shops import BadExport
 
     args = build_parser(sys.modules[__name__]).parse_args(argv)
+    quiet_libraries()
     try:
         return args.fn(args)
     except (BadExport, FileNotFoundError, NotADirectoryError, PermissionError, ValueError, RegistryError) as e:

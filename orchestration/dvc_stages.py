@@ -98,6 +98,9 @@ def main(argv=None) -> int:
     ap.add_argument("--params", default=str(PARAMS_PATH))
     args = ap.parse_args(argv)
     home = Path(os.environ.get("DAGSTER_HOME") or ROOT / ".dagster_home")
+    from orchestration.cli import quiet_libraries
+
+    quiet_libraries()
     try:
         run(args.stage, settings_from_params(load_params(args.params), os.environ), home)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
