@@ -200,7 +200,7 @@ def test_csv_field_limit_is_bounded_and_not_set_at_import(tmp_path):
 
     def long_fields(header, rows):
         rows[0][header.index("detail_desc")] = "soft cotton " * 90_000  # ~1 MB: over Python's 128 KiB default
-        rows[2][header.index("detail_desc")] = "x" * (17 * 1024 * 1024)  # over the 16 MiB bound
+        rows[1][header.index("detail_desc")] = "x" * (17 * 1024 * 1024)  # over the 16 MiB bound
         return rows
 
     from pipelines.ingest.shops import MAX_FIELD_BYTES
@@ -208,5 +208,9 @@ def test_csv_field_limit_is_bounded_and_not_set_at_import(tmp_path):
     result = normalize_platform("hm", _hm_export(tmp_path / "hm", long_fields), verify_images=False)
     assert MAX_FIELD_BYTES == 16 * 1024 * 1024
     assert len(result.products) == 2 and result.products["description"].str.len().max() > 1_000_000
+    # the oversized record is quarantined with its line, and reading goes on after it (it used to stop there)
     assert result.quarantine["reason"].tolist() == [
-        f"malformed CSV from here on: field larger than field limit ({MAX_FIELD_BYTES})"]
+        f"malformed CSV: field larger than field limit ({MAX_FIELD_BYTES}) (line 3)"]
+    with (SAMPLE_DIR / "hm" / "articles.csv").open(newline="", encoding="utf-8") as f:
+        sample_ids = [row[0] for row in list(csv.reader(f))[1:4]]
+    assert result.products["product_id"].tolist() == [sample_ids[0], sample_ids[2]]

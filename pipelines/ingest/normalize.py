@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipelines.files import atomic_write_parquet, atomic_write_text, check_output_path
 from pipelines.ingest.mapping import MappingTable, load_mapping
 from pipelines.ingest.shops import BadRow, get_adapter, read_export
 from pipelines.ingest.splits import assign_splits
@@ -44,11 +45,9 @@ def quarantine_schema():
     return pa.schema([(c, pa.int64() if c == "line" else pa.string()) for c in QUARANTINE_COLUMNS])
 
 
-def _write_parquet(df: pd.DataFrame, schema, path: Path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    pq.write_table(pa.Table.from_pandas(df, schema=schema, preserve_index=False), path)
+def check_row_counts(platform: str, rows_in: int, products: int, quarantined: int):
+    if rows_in != products + quarantined:
+        raise RowCountMismatch(f"{platform}: {rows_in} rows read but {products} normalised + {quarantined} quarantined")
 
 
 @dataclass
@@ -56,14 +55,22 @@ class NormalizeResult:
     products: pd.DataFrame
     quarantine: pd.DataFrame
     coverage: dict
+    inputs: tuple = ()  # the export folder(s) read: outputs may never land on or inside them
 
     def write(self, out_dir: str | Path) -> Path:
-        """products.parquet and quarantine.parquet in their canonical schemas (also when empty), coverage.json."""
-        out = Path(out_dir)
+        """products.parquet and quarantine.parquet in their canonical schemas (also when empty), coverage.json.
+
+        Before anything is written: the row counts are checked again (rows in = the tables' rows, RowCountMismatch)
+        and the output folder too (never an input, creatable, writable: OutputPathError). Each file is written
+        atomically (pipelines.files), coverage.json last, so a reader finding a coverage.json of this run finds
+        the tables of this run beside it."""
+        cov = self.coverage
+        check_row_counts(cov["platform"], cov["rows_in"], len(self.products), len(self.quarantine))
+        out = check_output_path(out_dir, self.inputs, directory=True)
         out.mkdir(parents=True, exist_ok=True)
-        _write_parquet(self.products, product_schema(), out / "products.parquet")
-        _write_parquet(self.quarantine, quarantine_schema(), out / "quarantine.parquet")
-        (out / "coverage.json").write_text(json.dumps(self.coverage, indent=2))
+        atomic_write_parquet(self.products, out / "products.parquet", product_schema())
+        atomic_write_parquet(self.quarantine, out / "quarantine.parquet", quarantine_schema())
+        atomic_write_text(out / "coverage.json", json.dumps(cov, indent=2))
         return out
 
 
@@ -154,10 +161,8 @@ def normalize_platform(platform: str, input_dir: str | Path, taxonomy: Taxonomy 
     df = product_table(products, platform, verify_images)
     quarantined = pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS).astype({"line": "int64"})
     coverage = coverage_report(platform, counter["rows_in"], df, quarantined, mapping)
-    if coverage["rows_in"] != coverage["rows_normalised"] + coverage["rows_quarantined"]:
-        raise RowCountMismatch(f"{platform}: {coverage['rows_in']} rows read but {coverage['rows_normalised']} "
-                               f"normalised + {coverage['rows_quarantined']} quarantined")
-    return NormalizeResult(df, quarantined, coverage)
+    check_row_counts(platform, coverage["rows_in"], coverage["rows_normalised"], coverage["rows_quarantined"])
+    return NormalizeResult(df, quarantined, coverage, inputs=(input_dir,))
 
 
 def product_table(records: list[dict], platform: str, verify_images: bool) -> pd.DataFrame:
