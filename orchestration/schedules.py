@@ -93,7 +93,7 @@ def drop_backfill(asset_graph, platforms: list[str]) -> RunRequest:
                     "listing) backfills that platform's normalized_products partition and everything downstream.")
 def raw_export_drop(context: SensorEvaluationContext, settings: ProdcatSettings):
     seen = json.loads(context.cursor) if context.cursor else {}
-    now = drop_fingerprints(paths)
+    now = drop_fingerprints(settings)
     changed = sorted(p for p, fingerprint in now.items() if seen.get(p) != fingerprint)
     cursor = json.dumps(seen | now, sort_keys=True)  # a platform whose export vanished keeps its last fingerprint
     if not changed:
