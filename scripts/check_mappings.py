@@ -28,19 +28,12 @@ DEFAULT_ROOT = BENCHMARK_DIR
 MIN_FASHION_SHARE = 0.95
 
 
-# the adapters' own native-path builders: the checker sees exactly what normalisation sees
-from pipelines.ingest.shops import flipkart, hm, myntra  # noqa: E402
+# platform -> (export file, title column, native-path builder taking a row): the adapters' own (data/shops/*.yaml),
+# so the checker sees exactly what normalisation sees
+from pipelines.ingest.shops import get_adapter  # noqa: E402
 
-myntra_native_path, hm_native_path, flipkart_native_path = myntra.native_path, hm.native_path, flipkart.native_path
-
-
-# platform -> (export file, title column, native-path builder taking a row)
-PLATFORMS = {
-    "myntra": ("myntra/styles.csv", "productDisplayName", myntra_native_path),
-    "hm": ("hm/articles.csv", "prod_name", hm_native_path),
-    "flipkart": ("flipkart/flipkart_com-ecommerce_sample.csv", "product_name",
-                 lambda row: flipkart_native_path(row["product_category_tree"])),
-}
+PLATFORMS = {p: (f"{p}/{get_adapter(p).EXPORT_FILE}", title, get_adapter(p).native_path)
+             for p, title in (("myntra", "productDisplayName"), ("hm", "prod_name"), ("flipkart", "product_name"))}
 
 
 def read_export(path: Path) -> pd.DataFrame:

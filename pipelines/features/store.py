@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -138,13 +137,14 @@ class _ImageFiles:
         return len(self.paths)
 
     def __getitem__(self, i):
-        from PIL import Image
+        from pipelines.ingest.images import ImageRefused, load_image
 
         try:
-            with Image.open(self.paths[i]) as im:
-                im.load()  # decode fully now: a truncated JPEG fails here, per item
+            with load_image(self.paths[i]) as im:  # guarded: regular file, bounded bytes and pixels, fully decoded
                 return i, self.preprocess(im), None
-        except Exception as e:  # unreadable bytes are a per-item failure, not a crash
+        except ImageRefused as e:  # unreadable or refused bytes are a per-item failure, not a crash
+            return i, None, image_error(str(e), self.paths[i])
+        except Exception as e:  # the encoder's preprocessing on an odd image: per item too
             return i, None, f"corrupt image: {type(e).__name__}: {e}"[:200]
 
 
@@ -162,20 +162,28 @@ def _is_missing(p) -> bool:
     return p is None or (isinstance(p, float) and np.isnan(p)) or not str(p).strip()
 
 
+def image_error(status: str, path) -> str:
+    """An image refusal (pipelines/ingest/images.py status) as an embedding error naming the file:
+    'missing image: ...', 'corrupt image: ...' or 'refused image: too many pixels: ...'."""
+    kind, _, detail = status.partition(": ")
+    text = f"{kind} image: {detail or 'no such file'}" if kind in ("missing", "corrupt") else f"refused image: {status}"
+    return f"{text}: {path}"[:300]
+
+
 def image_keys(paths: list) -> tuple[list, list]:
-    """sha256 of each image file's bytes (the cache key), or the reason there is none."""
+    """sha256 of each image file's bytes (the cache key), or the reason there is none. Files are read through the
+    image guard: regular files only (a FIFO or device is refused unread), at most MAX_IMAGE_BYTES."""
+    from pipelines.ingest.images import ImageRefused, read_image_bytes
+
     keys, errors = [], []
     for p in paths:
         if _is_missing(p):
             keys.append(""), errors.append("no image")
             continue
         try:
-            data = Path(p).read_bytes()
-        except OSError as e:
-            keys.append(""), errors.append(f"missing image: {e.strerror}: {p}")
-            continue
-        if not data:
-            keys.append(""), errors.append(f"corrupt image: empty file: {p}")
+            data = read_image_bytes(p)
+        except ImageRefused as e:
+            keys.append(""), errors.append(image_error(str(e), p))
             continue
         keys.append(sha(data)), errors.append(None)
     return keys, errors

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +15,8 @@ import pandas as pd
 
 from pipelines.files import atomic_write_parquet, atomic_write_text, check_output_path
 from pipelines.ingest.mapping import MappingTable, load_mapping
-from pipelines.ingest.shops import BadRow, get_adapter, read_export
+from pipelines.ingest.images import inspect_images
+from pipelines.ingest.shops import BadRow, get_adapter
 from pipelines.ingest.splits import assign_splits
 from pipelines.settings import MAPPINGS_DIR
 from pipelines.taxonomy.tree import Taxonomy, load_taxonomy, path_str
@@ -74,29 +74,10 @@ class NormalizeResult:
         return out
 
 
-def image_status(path: str | None) -> str:
-    """'ok', 'missing' or 'corrupt: ...' — decodes the whole image so truncated files are caught."""
-    from PIL import Image
-
-    if not path:
-        return "missing"
-    p = Path(path)
-    if not p.is_file():
-        return "missing"
-    try:
-        with Image.open(p) as im:
-            im.load()
-            if im.width < 8 or im.height < 8:
-                return f"corrupt: image too small ({im.width}x{im.height})"
-    except Exception as e:  # PIL raises many types for bad bytes
-        return f"corrupt: {type(e).__name__}: {e}"[:200]
-    return "ok"
-
-
 def check_images(paths: list, workers: int = 4) -> list[str]:
-    # PIL decoding releases the GIL, so threads overlap file IO and decoding
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(image_status, paths, chunksize=64))
+    """The status of each located image: 'ok', 'missing' or a refusal 'kind: detail' (pipelines/ingest/images.py:
+    confined, regular files, bounded bytes and pixels, fully decoded so truncated files are caught)."""
+    return [check.status for check in inspect_images(paths, workers)]
 
 
 def quarantine_to(quarantine: list, platform: str):
@@ -113,7 +94,7 @@ def checked_records(adapter, input_dir: Path, reject, counter: dict):
     """The export's rows as adapter records, minus malformed rows, adapter errors, empty titles and duplicate ids
     (each rejected with its reason). counter["rows_in"] counts every row read. Yields (line, record)."""
     first_line = {}
-    for line, row, problem in read_export(input_dir / adapter.EXPORT_FILE, adapter.REQUIRED_COLUMNS):
+    for line, row, problem in adapter.read_rows(input_dir):
         counter["rows_in"] += 1
         if problem:
             reject(line, problem)
@@ -135,9 +116,11 @@ def checked_records(adapter, input_dir: Path, reject, counter: dict):
 
 def normalize_platform(platform: str, input_dir: str | Path, taxonomy: Taxonomy | None = None,
                        mapping: MappingTable | None = None, mapping_path: str | Path | None = None,
-                       verify_images: bool = True, mappings_dir: str | Path = MAPPINGS_DIR) -> NormalizeResult:
+                       verify_images: bool = True, mappings_dir: str | Path = MAPPINGS_DIR,
+                       image_fetcher=None) -> NormalizeResult:
     """One shop's export in the shared taxonomy. The mapping is `mapping`, else the table at `mapping_path`, else
-    `<mappings_dir>/<platform>.csv`; the taxonomy defaults to data/taxonomy.yaml."""
+    `<mappings_dir>/<platform>.csv`; the taxonomy defaults to data/taxonomy.yaml. `image_fetcher`
+    (pipelines/ingest/image_fetch.ImageFetcher) downloads http(s) images; None leaves them 'not fetched'."""
     adapter = get_adapter(platform)
     input_dir = Path(input_dir)
     taxonomy = taxonomy or load_taxonomy()
@@ -158,23 +141,29 @@ def normalize_platform(platform: str, input_dir: str | Path, taxonomy: Taxonomy 
         rec["category_path"] = list(rule.category_path)
         products.append(rec)
 
-    df = product_table(products, platform, verify_images)
+    df = product_table(products, platform, verify_images, image_fetcher)
     quarantined = pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS).astype({"line": "int64"})
     coverage = coverage_report(platform, counter["rows_in"], df, quarantined, mapping)
     check_row_counts(platform, coverage["rows_in"], coverage["rows_normalised"], coverage["rows_quarantined"])
     return NormalizeResult(df, quarantined, coverage, inputs=(input_dir,))
 
 
-def product_table(records: list[dict], platform: str, verify_images: bool) -> pd.DataFrame:
+def product_table(records: list[dict], platform: str, verify_images: bool, image_fetcher=None) -> pd.DataFrame:
     """The canonical products table (PRODUCT_COLUMNS; string columns of dtype object, also when empty), with
-    image status and split. The table only points at images that decode."""
-    df = pd.DataFrame(records, columns=[c for c in PRODUCT_COLUMNS if c not in ("image_status", "split")], dtype=object)
+    image status and split. The table only points at images that decode (a downloaded one: its cache file); an
+    image the adapter refused (outside the export, ...) keeps the adapter's reason as its status."""
+    df = pd.DataFrame(records, columns=[c for c in PRODUCT_COLUMNS if c != "split"], dtype=object)
+    refused = [s if isinstance(s, str) else None for s in df["image_status"]]
     if verify_images:
-        df["image_status"] = pd.Series(check_images(df["image_path"].tolist()), index=df.index, dtype=object)
+        checks = inspect_images(df["image_path"].tolist(), fetcher=image_fetcher)
+        status = [r or c.status for r, c in zip(refused, checks)]
+        paths = [c.path for c in checks]
     else:
-        df["image_status"] = pd.Series(["unchecked" if p else "missing" for p in df["image_path"]], index=df.index,
-                                       dtype=object)
-    df.loc[~df["image_status"].isin(["ok", "unchecked"]), "image_path"] = None
+        status = [r or ("unchecked" if p else "missing") for r, p in zip(refused, df["image_path"])]
+        paths = df["image_path"].tolist()
+    df["image_status"] = pd.Series(status, index=df.index, dtype=object)
+    df["image_path"] = pd.Series([p if s in ("ok", "unchecked") else None for p, s in zip(paths, status)],
+                                 index=df.index, dtype=object)
     df["split"] = pd.Series(assign_splits(df["group_id"], platform), index=df.index, dtype=object)
     return df[PRODUCT_COLUMNS].reset_index(drop=True)
 

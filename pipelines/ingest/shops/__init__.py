@@ -1,28 +1,29 @@
-"""Platform adapters: one module per shop, each turning its raw export into canonical records.
+"""Shop adapters: a shop's export -> canonical product records, by the shop's column contract.
 
-An adapter module defines:
-  NAME, REQUIRED_COLUMNS, EXPORT_FILE (relative to the shop's input dir)
+Every shop, the three benchmark shops included, is a contract `data/shops/<shop>.yaml` (docs/feeds.md) read by
+pipelines/ingest/feeds/; `get_adapter(shop)` returns its adapter:
+  NAME, EXPORT_FILE (relative to the shop's input dir), REQUIRED_COLUMNS, FORMAT
+  read_rows(input_dir) -> (line, row or None, problem) per record of the export
   to_record(row: dict, input_dir: Path) -> dict   # canonical fields except category_path/split
+  native_path(row) -> list[str]
 It raises `BadRow(reason)` for a row that cannot become a product; normalisation quarantines it.
 """
 from __future__ import annotations
 
-import importlib
-
 # the CSV reader lives in its own module; re-exported here, where adapters and callers import it from
 from pipelines.ingest.csv_export import MAX_FIELD_BYTES, BadExport, read_export  # noqa: F401
-from pipelines.settings import PLATFORMS
 
 
 class BadRow(ValueError):
     """A raw row that cannot become a product; the message is the quarantine reason."""
 
 
-def get_adapter(platform: str):
-    try:
-        return importlib.import_module(f"pipelines.ingest.shops.{platform}")
-    except ModuleNotFoundError:
-        raise BadExport(f"unknown platform {platform!r}; known: {', '.join(PLATFORMS)}") from None
+def get_adapter(platform: str, shops_dir=None):
+    """The adapter of a registered shop, from its contract `<shops_dir>/<platform>.yaml` (default data/shops/);
+    BadExport naming the known shops for an unknown one."""
+    from pipelines.ingest.feeds import shop_adapter  # the feeds package imports BadRow and clean from here
+
+    return shop_adapter(platform, shops_dir)
 
 
 def clean(text) -> str:
