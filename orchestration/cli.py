@@ -2,13 +2,12 @@
 and passes them down. Every command works on the embedded sample unless --data (or PRODCAT_DATA) says otherwise."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from pathlib import Path
 
-from pipelines.settings import PLATFORMS, ROOT, Settings, settings_from
+from pipelines.settings import ROOT, Settings, settings_from
 
 
 def build_settings(args) -> Settings:

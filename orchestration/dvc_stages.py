@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from pipelines.files import atomic_write_text
 from pipelines.settings import ROOT, Settings, settings_from
 
 PARAMS_PATH = ROOT / "params.yaml"
@@ -85,11 +86,7 @@ def write_scores(report_dir: Path) -> Path:
     # the same fields in every row (DVC's plot renderer fails on rows with different keys, e.g. ECE for models only)
     shared = set.intersection(*(set(k for k, v in t.items() if isinstance(v, (int, float))) for t in tests.values()))
     rows = [{"model": name, **{k: t[k] for k in sorted(shared)}} for name, t in tests.items()]
-    path = report_dir / "scores.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(rows, indent=1))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(report_dir / "scores.json", json.dumps(rows, indent=1))
 
 
 def main(argv=None) -> int:

@@ -25,6 +25,7 @@ class ProdcatSettings(ConfigurableResource):
     dask_scheduler: str = ""
     dask_workers: int = 2
     dask_shard_resources: str = ""
+    fetch_images: bool = True
 
     @classmethod
     def of(cls, settings: Settings) -> "ProdcatSettings":

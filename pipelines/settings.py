@@ -29,6 +29,7 @@ ENVIRONMENT = {
     "PRODCAT_LOADER_WORKERS": "loader_workers", "PRODCAT_CACHE": "weights_cache",
     "PRODCAT_DASK_SCHEDULER": "dask_scheduler", "PRODCAT_DASK_WORKERS": "dask_workers",
     "PRODCAT_DASK_SHARD_RESOURCES": "dask_shard_resources", "PRODCAT_QUIET": "quiet",
+    "PRODCAT_FETCH_IMAGES": "fetch_images",
 }
 INT_FIELDS = {"seed", "threads", "loader_workers", "dask_workers"}
 
@@ -51,6 +52,7 @@ class Settings:
     dask_scheduler: str = ""
     dask_workers: int = 2
     dask_shard_resources: str = ""
+    fetch_images: bool = True  # http(s) image links of feeds are downloaded (once, bounded); False: never
 
     def __post_init__(self):
         for name in ("data_root", "work_dir", "taxonomy_path", "weights_cache"):  # accept str paths too
@@ -101,7 +103,7 @@ def _coerce(name: str, value):
         if not text.lstrip("-").isdigit():
             raise ValueError(f"{name} must be an integer, got {value!r}")
         return int(text)
-    if name == "quiet":
+    if name in ("quiet", "fetch_images"):
         return str(value).strip().lower() in ("1", "true", "yes", "on") if not isinstance(value, bool) else value
     if name in ("taxonomy_path", "weights_cache", "work_dir"):
         return Path(value).expanduser().resolve()

@@ -10,8 +10,8 @@ import pytest
 
 from pipelines.reports.benchmark import write_benchmark_report
 from pipelines.reports.holdout import write_cross_platform_report
-from pipelines.reports.sections import (SectionMarkerError, merge_section, merge_section_file, report_sections,
-                                        write_text_atomic)
+from pipelines.files import atomic_write_text
+from pipelines.reports.sections import SectionMarkerError, merge_section, merge_section_file, report_sections
 from pipelines.settings import ROOT
 
 COMMITTED = ROOT / "reports" / "benchmark"
@@ -119,6 +119,7 @@ def test_a_body_cannot_carry_markers_and_names_are_checked():
 
 def test_atomic_write_replaces_and_leaves_no_temp_file(tmp_path):
     path = tmp_path / "sub" / "r.md"
-    write_text_atomic(path, "one")
-    write_text_atomic(path, "two")
+    path.parent.mkdir()
+    atomic_write_text(path, "one")
+    atomic_write_text(path, "two")
     assert path.read_text() == "two" and [p.name for p in path.parent.iterdir()] == ["r.md"]

@@ -38,7 +38,11 @@ def raw_export(settings: ProdcatSettings):
        description="Products of one shop in the shared taxonomy (canonical schema); quarantine + coverage beside it.")
 def normalized_products(context: AssetExecutionContext, settings: ProdcatSettings) -> Output[pd.DataFrame]:
     platform = context.partition_key
-    result = normalize_platform(platform, settings.raw_dir(platform), taxonomy=load_taxonomy(settings.taxonomy_path))
+    from pipelines.ingest.image_fetch import ImageFetcher
+
+    fetcher = ImageFetcher(settings.work("images"), network=settings.fetch_images)
+    result = normalize_platform(platform, settings.raw_dir(platform), taxonomy=load_taxonomy(settings.taxonomy_path),
+                                image_fetcher=fetcher)
     out = result.write(settings.work("normalized", platform))
     cov = result.coverage
     for warning in cov["warnings"]:  # e.g. every row quarantined: the blocking GX check then fails, this says why

@@ -75,7 +75,7 @@ def sample_inputs(n: int, settings):
 def _time_encoders(texts: list, images: list, settings) -> tuple[dict, dict]:
     """CPU seconds per item of text_embed, image_decode and image_embed on one thread; and the two encoders."""
     import torch
-    from PIL import Image
+    from pipelines.ingest.images import load_image
 
     from pipelines.features.encoders import DEFAULTS, load_encoder
 
@@ -90,8 +90,7 @@ def _time_encoders(texts: list, images: list, settings) -> tuple[dict, dict]:
     def decode():
         out = []
         for p in images:
-            with Image.open(p) as im:
-                im.load()
+            with load_image(p) as im:  # the pipeline's guarded read + full decode
                 out.append(image_enc.preprocess(im))
         return out
 

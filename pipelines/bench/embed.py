@@ -35,12 +35,12 @@ def bare_forward(encoder, products, modality: str) -> float:
         for s in range(0, len(texts), encoder.batch_size):
             encoder.encode(texts[s:s + encoder.batch_size])
         return len(texts) / (time.perf_counter() - t0)
-    from PIL import Image
+    from pipelines.ingest.images import load_image
 
     batches = []
     paths = products["image_path"].tolist()
     for s in range(0, len(paths), encoder.batch_size):
-        batches.append(torch.stack([encoder.preprocess(Image.open(p)) for p in paths[s:s + encoder.batch_size]]))
+        batches.append(torch.stack([encoder.preprocess(load_image(p)) for p in paths[s:s + encoder.batch_size]]))
     t0 = time.perf_counter()
     for x in batches:
         encoder.encode_tensor(x)

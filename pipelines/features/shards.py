@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.files import atomic_write_bytes
+
 STALE_TMP_SECONDS = 3600  # temp shards older than this belong to a dead writer
 
 
@@ -73,7 +75,7 @@ class EmbeddingStore:
         self._keys: dict[Path, int] = {}  # shard -> number of rows
         self._vectors: dict[Path, np.ndarray] = {}
         if meta is not None and not (self.dir / "meta.json").exists():
-            self._write_atomic(self.dir / "meta.json", json.dumps(meta, indent=1, default=str).encode())
+            atomic_write_bytes(self.dir / "meta.json", json.dumps(meta, indent=1, default=str).encode())
         self._sweep_stale_tmp()
         self.refresh()
 
@@ -177,15 +179,6 @@ class EmbeddingStore:
                                  f"e.g. {missing[0]}")
         return np.stack([self._vectors[s][i] for s, i in (self.index[k] for k in keys)])
 
-    @staticmethod
-    def _write_atomic(path: Path, data: bytes):
-        tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic: readers see the whole file or none of it
-
     def put(self, keys: list[str], vectors: np.ndarray):
         if not keys:
             return
@@ -195,7 +188,7 @@ class EmbeddingStore:
         buf = io.BytesIO()
         np.savez(buf, keys=np.array(keys), vectors=vectors)
         shard = self.dir / f"shard-{uuid.uuid4().hex}.npz"
-        self._write_atomic(shard, buf.getvalue())
+        atomic_write_bytes(shard, buf.getvalue())
         self._keys[shard], self._vectors[shard] = len(keys), vectors
         for i, k in enumerate(keys):
             self.index.setdefault(k, (shard, i))

@@ -12,13 +12,14 @@ def image_grid(paths: list, out_path: Path, n: int = 16, thumb: int = 96) -> Pat
     from PIL import Image
 
     from models.simclr import pad_square
+    from pipelines.ingest.images import load_image
 
     tiles = []
     for p in paths:
         if len(tiles) == n:
             break
         try:
-            with Image.open(p) as im:
+            with load_image(p) as im:
                 tiles.append(pad_square(im).resize((thumb, thumb)))
         except Exception:  # an unreadable member image is skipped in the grid (it was reported at load time)
             continue

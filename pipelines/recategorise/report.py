@@ -11,12 +11,11 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 
+from pipelines.files import atomic_output, atomic_write_text
 from pipelines.recategorise.nodes import node_slug
 from pipelines.recategorise.result import RecategoriseResult
 from pipelines.taxonomy.tree import path_str
@@ -27,23 +26,8 @@ INDEX_STYLE = "body{font-family:sans-serif;margin:2em} table{border-collapse:col
               "padding:3px 6px}"
 
 
-@contextmanager
-def _atomic(path: Path):
-    """Yields a temporary path beside `path`; on success it is fsynced and renamed over `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _write_text(path: Path, text: str) -> Path:
-    with _atomic(path) as tmp:
-        tmp.write_text(text)
-    return path
+    return atomic_write_text(path, text)
 
 
 def _img_tag(path, width=None) -> str:
@@ -123,9 +107,9 @@ def write_recategorisation_report(result: RecategoriseResult, out_dir: str | Pat
     node's clusters.csv and assignments.parquet (what `prodcat taxonomy accept` reads) and result.json."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with _atomic(out / "clusters.csv") as tmp:
+    with atomic_output(out / "clusters.csv") as tmp:
         result.clusters.drop(columns=["samples"]).to_csv(tmp, index=False)
-    with _atomic(out / "assignments.parquet") as tmp:
+    with atomic_output(out / "assignments.parquet") as tmp:
         result.products.to_parquet(tmp, index=False)
     path = _write_text(out / "report.html", _node_page(result))
     result.report_path = str(path)

@@ -67,7 +67,7 @@ def frozen_features(products: pd.DataFrame, store: str | Path, cfg: dict, modali
 def load_images(paths) -> tuple[list, list]:
     """(PIL images or None, error or None) per path; unreadable files are per-item failures, reported by the
     caller, never a crash of the whole node."""
-    from PIL import Image
+    from pipelines.ingest.images import load_image
 
     images, errors = [], []
     for p in paths:
@@ -75,7 +75,7 @@ def load_images(paths) -> tuple[list, list]:
             images.append(None), errors.append("no image")
             continue
         try:
-            with Image.open(p) as im:
+            with load_image(p) as im:
                 images.append(im.convert("RGB")), errors.append(None)
         except Exception as e:  # PIL raises many types for bad bytes
             images.append(None), errors.append(f"unreadable image: {type(e).__name__}: {e}"[:200])

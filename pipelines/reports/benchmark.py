@@ -11,7 +11,8 @@ import json
 import logging
 from pathlib import Path
 
-from pipelines.reports.sections import (SectionMarkerError, merge_section, report_sections, write_text_atomic)
+from pipelines.files import atomic_write_text
+from pipelines.reports.sections import (SectionMarkerError, merge_section, report_sections)
 
 SECTION = "benchmark"
 COLUMNS = ["hP", "hR", "hF1", "strict_hF1", "acc_L1", "acc_L2", "acc_L3", "consistency", "ECE"]
@@ -80,6 +81,6 @@ def write_benchmark_report(rows: dict, out_dir, meta: dict) -> tuple[Path, Path]
     text = merge_section("", SECTION, benchmark_markdown(rows, meta))
     for name, body in _other_sections(md).items():
         text = merge_section(text, name, body)
-    write_text_atomic(js, json.dumps(doc, indent=2, default=float))
-    write_text_atomic(md, text)
+    atomic_write_text(js, json.dumps(doc, indent=2, default=float))
+    atomic_write_text(md, text)
     return js, md

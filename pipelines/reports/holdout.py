@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.reports.sections import merge_json_keys, merge_section_file, write_text_atomic
+from pipelines.files import atomic_write_text
+from pipelines.reports.sections import merge_json_keys, merge_section_file
 
 SECTION = "cross-platform"
 HEADING = "## Cross-platform (leave-one-platform-out)"
@@ -159,8 +160,8 @@ def write_cross_platform_report(cells: list[dict], in_distribution: dict, curves
     png = heatmap(report, report_dir / "holdout_heatmap.png")
     curve_rows = fewshot_rows(curves, report["matrix_test"])
     md = cross_platform_markdown(report, curve_rows, png.name)
-    write_text_atomic(report_dir / "holdout.md", md)
-    write_text_atomic(report_dir / "holdout.json", json.dumps({**report, "fewshot": curve_rows, "cells": cells},
+    atomic_write_text(report_dir / "holdout.md", md)
+    atomic_write_text(report_dir / "holdout.json", json.dumps({**report, "fewshot": curve_rows, "cells": cells},
                                                               indent=1, default=float))
     if (report_dir / "benchmark.md").exists():
         merge_section_file(report_dir / "benchmark.md", SECTION, md)

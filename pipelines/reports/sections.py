@@ -12,10 +12,10 @@ did: it swallowed the next section's start marker, and the next writer then appe
 from __future__ import annotations
 
 import json
-import os
 import re
-import uuid
 from pathlib import Path
+
+from pipelines.files import atomic_write_text
 
 NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 MARKER = re.compile(r"<!-- ([a-z0-9][a-z0-9-]*):(start|end) -->")
@@ -81,23 +81,6 @@ def merge_section(md_text: str, name: str, body: str, first: bool = False) -> st
     return block + "\n" + text + "\n" if first else text + "\n\n" + block
 
 
-def write_text_atomic(path, text: str) -> Path:
-    """Write via a temp file in the same directory, fsync, os.replace: a reader (the UI, another asset) sees the
-    old file or the new one, never half of it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def merge_section_file(path, name: str, body: str, first: bool = False) -> Path:
     """merge_section on a file (a missing file counts as empty), written atomically. A damaged file raises
     SectionMarkerError naming it, and is left as it was."""
@@ -108,7 +91,7 @@ def merge_section_file(path, name: str, body: str, first: bool = False) -> Path:
     except SectionMarkerError as e:
         raise SectionMarkerError(f"{path}: {e}; rebuild it from its first section's writer "
                                  "(the benchmark_report asset rewrites benchmark.md)") from None
-    return write_text_atomic(path, merged)
+    return atomic_write_text(path, merged)
 
 
 def merge_json_keys(path, updates: dict) -> Path:
@@ -117,4 +100,4 @@ def merge_json_keys(path, updates: dict) -> Path:
     doc = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: expected a JSON object, found {type(doc).__name__}")
-    return write_text_atomic(path, json.dumps(doc | updates, indent=2, default=float))
+    return atomic_write_text(path, json.dumps(doc | updates, indent=2, default=float))

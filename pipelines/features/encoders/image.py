@@ -32,13 +32,12 @@ class SquarePad:
 
 
 def open_image(item):
-    """A PIL image, or a path to one (decoded fully here so truncated files fail now, not later)."""
-    from PIL import Image
-
+    """A PIL image, or a path to one: read and decoded under the pipeline's one image guard (regular file, size and
+    pixel limits), fully, so truncated files fail now, not later."""
     if isinstance(item, (str, Path)):
-        with Image.open(item) as im:
-            im.load()
-            return im.copy()
+        from pipelines.ingest.images import load_image
+
+        return load_image(item)
     return item
 
 

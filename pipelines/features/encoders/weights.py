@@ -6,9 +6,9 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 from pathlib import Path
 
+from pipelines.files import atomic_write_text
 from pipelines.features.encoders.base import EncoderError
 
 DEFAULT_WEIGHTS_CACHE = Path.home() / ".cache" / "prodcat"  # Settings.weights_cache's default
@@ -51,9 +51,7 @@ def _remember(cache_file: Path, known: dict):
     """Best effort: a read-only cache dir only costs a re-hash next time."""
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(known))
-        os.replace(tmp, cache_file)
+        atomic_write_text(cache_file, json.dumps(known))
     except OSError:
         pass
 
