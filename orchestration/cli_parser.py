@@ -17,7 +17,7 @@ def build_parser(commands) -> argparse.ArgumentParser:
 
 def add_pipeline_commands(sub, commands) -> None:
     p = sub.add_parser("normalize", help="raw shop export -> products.parquet, quarantine.parquet, coverage.json")
-    p.add_argument("--platform", required=True, choices=PLATFORMS)
+    p.add_argument("--platform", required=True, help="a shop with a column contract in data/shops/ (e.g. " + ", ".join(PLATFORMS) + ")")
     p.add_argument("--input", required=True, help="the shop's raw export directory")
     p.add_argument("--out", required=True)
     p.set_defaults(fn=commands.cmd_normalize)
@@ -71,7 +71,7 @@ def add_bench_commands(sub, commands) -> None:
 
 def add_model_commands(sub, commands) -> None:
     p = sub.add_parser("classify", help="classify a raw shop export (two-stage: lexical model, then the champion)")
-    p.add_argument("--platform", required=True, choices=PLATFORMS)
+    p.add_argument("--platform", required=True, help="a shop with a column contract in data/shops/ (e.g. " + ", ".join(PLATFORMS) + ")")
     p.add_argument("--input", required=True, help="the shop's raw export directory")
     p.add_argument("--out", required=True, help="predictions file, .parquet or .csv (quarantine written beside it)")
     p.add_argument("--model", default=None, help="stage-2 model dir (default: the registered champion); with --stage stage1: the stage-1 model dir")

@@ -48,6 +48,9 @@ def _raise_on_failure(result, assets, partition_key, where: str = ""):
 
 def run_in_process(defs, assets: tuple[str, ...], instance, partition_key: str | None = None):
     """Materialise `assets` (and their checks) for one partition key in this process."""
+    from orchestration.partitions import register_shops_of
+
+    register_shops_of(defs, instance)
     everything = list(defs.assets or []) + list(defs.asset_checks or [])
     result = materialize(everything, selection=AssetSelection.assets(*assets), instance=instance,
                          resources=dict(defs.resources or {}), partition_key=partition_key, raise_on_error=False,
