@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 MANIFEST_VERSION = 1
@@ -29,17 +28,6 @@ LEXICAL_SPACE = "lexical_space"
 
 class ModelMismatch(ValueError):
     """The model was trained with other vectors or another taxonomy than the current configuration gives."""
-
-
-def write_atomic(path: Path, data: bytes):
-    """Temp file in the same directory, fsync, os.replace: a reader sees the old file or the new one, never half."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def files_sha256(path: Path) -> str:
@@ -162,10 +150,11 @@ def check_compatible(manifest: dict | None, expected: dict) -> list[str]:
 
 
 def read_manifest(model_dir) -> dict | None:
-    path = Path(model_dir) / "model.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{model_dir} holds no prodcat model (model.json missing)")
-    return json.loads(path.read_text()).get("manifest")
+    """The manifest in `model_dir`/model.json (None for a model saved before manifests); a model.json that does not
+    parse or is not a model's raises BadJSONFile / BadModelFile naming it (model_files.read_model_json)."""
+    from pipelines.classify.model_files import read_model_json
+
+    return read_model_json(model_dir).get("manifest")
 
 
 def check_model(model_dir, expected: dict, role: str = "model"):

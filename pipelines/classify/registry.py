@@ -8,6 +8,14 @@ two assets in one process must not log into each other's store.
 The champion is read strictly. Only "no registered model" or "no alias yet" mean there is no champion
 (`NoChampion`); any other registry failure (a dangling alias, a champion without its score, a broken store) raises
 `RegistryError` rather than letting a worse model be promoted over a champion that could not be read.
+
+A sqlite store records its artifacts by absolute path (file:///<work>/mlartifacts/...). A work dir copied or moved
+elsewhere keeps those paths, so its registry would silently hand out another tree's model files, and its runs
+would write into the other tree. So a sqlite store's artifacts must lie under its own artifact root
+(<dir of mlruns.db>/mlartifacts): the champion's files are taken from there (the same relative place when the
+recorded path points elsewhere, i.e. the copy's own files), and where this tree holds no copy of them the champion
+is refused (`ForeignArtifacts`, naming both paths and what to do); logging into an experiment whose artifact
+location is another tree's is refused too. Other stores (a tracking server) manage their own artifacts.
 """
 from __future__ import annotations
 
@@ -30,6 +38,10 @@ class NoChampion(FileNotFoundError):
 
 class RegistryError(RuntimeError):
     """The registry answered with something other than "does not exist": it cannot be trusted for a decision."""
+
+
+class ForeignArtifacts(RegistryError):
+    """The store names artifact files outside its own artifact root: it was copied or moved from another tree."""
 
 
 def _require_uri(tracking_uri: str) -> str:
@@ -57,15 +69,44 @@ def artifact_root(tracking_uri: str) -> Path | None:
     return None
 
 
+def _local_path(uri: str) -> Path | None:
+    """file:///a/b or /a/b -> Path('/a/b'); None for a remote URI (mlflow-artifacts:, s3:, http:, ...)."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(url2pathname(parsed.path))
+    return Path(uri) if not parsed.scheme and uri else None
+
+
+def _inside(path: Path, root: Path) -> bool:
+    path, root = Path(path).resolve(), Path(root).resolve()
+    return path == root or root in path.parents
+
+
+def _foreign_hint(tracking_uri: str, use: str) -> str:
+    fresh = "start a fresh registry here (remove its mlruns.db and mlartifacts) and re-run `prodcat run`"
+    return (f"the store {tracking_uri} was copied or moved from another work dir. "
+            + (f"Pass --model DIR, or {fresh}" if use == "champion" else
+               f"To train here, {fresh}; or point MLFLOW_TRACKING_URI at the original store"))
+
+
 def ensure_experiment(tracking_uri: str, experiment: str = EXPERIMENT) -> str:
-    """The experiment's id in this store, created on first use. -> experiment id."""
+    """The experiment's id in this store, created on first use (artifacts under the store's artifact root). An
+    existing experiment whose artifacts live in another tree raises ForeignArtifacts: runs logged here would write
+    there. -> experiment id."""
     from mlflow.exceptions import MlflowException
 
     client = _client(tracking_uri)
     found = client.get_experiment_by_name(experiment)
-    if found is not None:
-        return found.experiment_id
     root = artifact_root(tracking_uri)
+    if found is not None:
+        location = _local_path(found.artifact_location or "")
+        if root is not None and location is not None and not _inside(location, root):
+            raise ForeignArtifacts(f"experiment {experiment!r} stores its artifacts at {location}, outside "
+                                   f"{root}: {_foreign_hint(tracking_uri, 'training')}")
+        return found.experiment_id
     try:
         return client.create_experiment(experiment, artifact_location=(root / experiment).as_uri() if root else None)
     except MlflowException as e:  # another process created it between the two calls
@@ -214,25 +255,73 @@ def champion_version(tracking_uri: str):
     return version
 
 
+def _relocated(client, version, path: Path, root: Path) -> Path | None:
+    """The champion's files in this store's own tree: a store copied with its work dir recorded them at
+    <old location of the experiment>/<run>/artifacts/model; the same place under <root>/<experiment name> (the layout
+    ensure_experiment gives) holds the copy's own. None when this tree has no such copy."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        experiment = client.get_experiment(client.get_run(version.run_id).info.experiment_id)
+    except (MlflowException, TypeError):
+        return None
+    old = _local_path(experiment.artifact_location or "")
+    if old is None or not version.run_id:
+        return None
+    try:
+        candidate = root / experiment.name / path.relative_to(old)
+    except ValueError:
+        return None
+    return candidate if (candidate / "model.json").is_file() and _inside(candidate, root) else None
+
+
+def champion_source(tracking_uri: str, version) -> tuple[str, Path | None]:
+    """(URI to copy the champion's files from, its local directory or None for a remote store). A sqlite store's
+    champion must come from under its own artifact root: relocated there when the recorded path is another
+    tree's, ForeignArtifacts when this tree holds no copy (never the other tree's files)."""
+    client = _client(tracking_uri)
+    source = client.get_model_version_download_uri(REGISTERED_MODEL, version.version)
+    root, path = artifact_root(tracking_uri), _local_path(source)
+    if root is None or path is None:
+        return source, None
+    if _inside(path, root):
+        return source, path
+    relocated = _relocated(client, version, path, root)
+    if relocated is None:
+        raise ForeignArtifacts(f"champion version {version.version} of {REGISTERED_MODEL!r} has its files at "
+                               f"{path}, outside this store's artifact root {root}, which holds no copy of them; "
+                               f"refusing another tree's model: {_foreign_hint(tracking_uri, 'champion')}")
+    return relocated.as_uri(), relocated
+
+
+def _cache_is_stale(target: Path, local_source: Path | None) -> bool:
+    """A cached copy that differs from the registered files it was taken from (e.g. copied in from another tree)."""
+    from pipelines.classify.manifest import files_sha256
+
+    return local_source is not None and files_sha256(target) != files_sha256(local_source)
+
+
 def champion_dir(tracking_uri: str, cache_dir: str | Path) -> Path:
     """Local copy of the champion's files: <cache_dir>/<model>/v<version>-<run id>/, downloaded once per version
     (a registered version's files never change; the run id keeps a reset registry's new version 1 apart from an
-    old one). The download goes to a temporary sibling renamed into place, so a reader never sees half a model and
-    no temporary directory is left behind."""
+    old one) from under the store's own artifact root (champion_source). The download goes to a temporary sibling
+    renamed into place, so a reader never sees half a model and no temporary directory is left behind."""
     import mlflow.artifacts
 
     version = champion_version(tracking_uri)
+    source, local = champion_source(tracking_uri, version)
     target = Path(cache_dir) / REGISTERED_MODEL / f"v{version.version}-{(version.run_id or 'norun')[:12]}"
     if (target / "model.json").exists():
-        return target
+        if not _cache_is_stale(target, local):
+            return target
+        shutil.rmtree(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        source = _client(tracking_uri).get_model_version_download_uri(REGISTERED_MODEL, version.version)
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(staging),
-                                                         tracking_uri=tracking_uri))
+        downloaded = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(staging),
+                                                              tracking_uri=tracking_uri))
         try:
-            os.replace(local, target)
+            os.replace(downloaded, target)
         except OSError:  # another process put the same version in place first
             if not (target / "model.json").exists():
                 raise

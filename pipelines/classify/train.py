@@ -9,7 +9,6 @@ No pickles, no Lightning checkpoints: the best epoch's weights are kept in memor
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,37 +205,31 @@ def per_platform(labels, paths, prob, rows, platforms, taxonomy) -> dict:
 def save_model(model, out_dir, taxonomy=None, provenance: dict | None = None) -> Path:
     """Weights as safetensors + model.json: config, dims, the taxonomy nodes it predicts and the manifest of what
     it was trained with (manifest.build_manifest), so classify and serve can refuse other vectors. No pickles; both
-    files are written atomically."""
-    from safetensors.torch import save_file
+    files are written atomically (pipelines/files.py), the weights first."""
+    from safetensors.torch import save
 
-    from pipelines.classify.manifest import build_manifest, write_atomic
+    from pipelines.classify.manifest import build_manifest
+    from pipelines.files import atomic_write_bytes, atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".model.safetensors.{os.getpid()}.tmp"
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
-    os.replace(tmp, out / "model.safetensors")
+    atomic_write_bytes(out / "model.safetensors",
+                       save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))
     nodes = [list(n) for lvl in model.hierarchy.level_nodes for n in lvl]
     meta = {"cfg": model.cfg, "dims": model.dims, "nodes": nodes, "depth": model.hierarchy.depth,
             "manifest": build_manifest(model.dims, nodes, taxonomy, provenance)}
-    write_atomic(out / "model.json", json.dumps(meta, indent=2).encode())
+    atomic_write_text(out / "model.json", json.dumps(meta, indent=2))
     return out
 
 
 def load_model(model_dir):
-    """The classifier saved in `model_dir` (what its manifest says it was trained with is checked by the callers
-    that feed it new vectors: manifest.check_model)."""
-    from safetensors.torch import load_file
+    """The classifier saved in `model_dir`, its files validated on the way in (model_files: a corrupt or
+    inconsistent file raises BadModelFile naming it). What its manifest says it was trained with is checked by the
+    callers that feed it new vectors: manifest.check_model."""
+    from pipelines.classify.model_files import build_classifier, load_weights, read_model_json
 
-    from models.classifier import HierarchicalClassifier
-
-    model_dir = Path(model_dir)
-    if not (model_dir / "model.json").exists():
-        raise FileNotFoundError(f"{model_dir} holds no prodcat model (model.json missing)")
-    meta = json.loads((model_dir / "model.json").read_text())
-    model = HierarchicalClassifier(meta["cfg"], meta["dims"], meta["nodes"], meta["depth"])
-    model.load_state_dict(load_file(model_dir / "model.safetensors"))
-    return model.eval()
+    meta = read_model_json(model_dir)
+    return load_weights(build_classifier(meta, model_dir), model_dir).eval()
 
 
 def predict(model_dir, features: dict, available: dict, return_fallback: bool = False):

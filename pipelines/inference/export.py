@@ -3,7 +3,14 @@
 Rows go through the platform adapter and normalisation's row checks (malformed rows, non-UTF-8, adapter errors,
 empty titles, duplicate ids are quarantined with their reason) but not through the category mapping: classifying
 needs no label, so unknown or unmapped native categories are classified. Every row read is accounted for:
-rows in = classified + quarantined, checked before the summary is returned.
+rows in = classified + quarantined, checked before anything is written.
+
+Order of work, cheapest failure first: the output paths are checked (never the export or a model the run reads,
+never a directory, a name too long or a folder that cannot be written: files.check_output_path), then the models
+are loaded and every model file validated, and only then is the export read and classified. Outputs are written
+atomically (files.py: temporary file + rename; CSV with spreadsheet formulas neutralised), so a run killed or
+failing while writing leaves each file as it was (or absent), never truncated; the quarantine goes first and the
+predictions last, so a new predictions file means the whole run finished.
 """
 from __future__ import annotations
 
@@ -12,10 +19,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipelines.files import OutputPathError, atomic_write_csv, atomic_write_parquet, check_output_path
 from pipelines.inference.two_stage import TwoStage
 
 CHUNK = 2048  # products per classify step in batch mode (bounds memory; one progress-bar tick)
 SUFFIXES = (".parquet", ".csv")
+WORK_INPUTS = ("models", "registry_cache", "mlartifacts", "lexical_space", "joint_space", "store", "embeddings",
+               "assets", "normalized")  # what prodcat reads from its work dir: no output goes into these
 
 
 class RowCountMismatch(RuntimeError):
@@ -54,13 +64,45 @@ def _check_suffix(path: Path):
         raise ValueError(f"--out must end in .parquet or .csv, got {path.name!r}")
 
 
+def quarantine_path(out_file: Path) -> Path:
+    return out_file.with_name(f"{out_file.stem}.quarantine{out_file.suffix}")
+
+
+def classify_inputs(settings, input_dir, model_dir=None) -> list[Path]:
+    """What a classify run reads (the export, the model given, the work dir's models and spaces): its outputs may
+    not be, nor lie inside, any of them."""
+    from pipelines.inference.stage1 import stage1_dir
+
+    work = Path(settings.work_dir)
+    return [Path(input_dir), *([Path(model_dir)] if model_dir else []), stage1_dir(settings),
+            *(work / name for name in WORK_INPUTS)]
+
+
+def checked_outputs(out_file, inputs) -> tuple[Path, Path]:
+    """(predictions path, quarantine path), both writable and neither an input, before any work is done."""
+    out_file = Path(out_file)
+    _check_suffix(out_file)
+    return check_output_path(out_file, inputs), check_output_path(quarantine_path(out_file), inputs)
+
+
 def write_table(df: pd.DataFrame, path: Path):
+    """Atomically (temporary file + rename); CSV cells that a spreadsheet would evaluate as a formula are escaped."""
     _check_suffix(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".parquet":
-        df.to_parquet(path, index=False)
+        atomic_write_parquet(df, path)
     else:
-        df.to_csv(path, index=False)
+        atomic_write_csv(df, path)
+
+
+def write_outputs(table: pd.DataFrame, quarantine: pd.DataFrame, out_file: Path, q_path: Path):
+    """The quarantine, then the predictions (the file a reader looks for comes last). A write that fails (disk
+    full, file too large, permission) leaves the previous file in place and raises OutputPathError naming it."""
+    for df, path in ((quarantine, q_path), (table, out_file)):
+        try:
+            write_table(df, path)
+        except OSError as e:
+            raise OutputPathError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def classify_products(clf: TwoStage, products: pd.DataFrame, label: str, progress: bool,
@@ -83,10 +125,11 @@ def classify_export(platform: str, input_dir, out_file, settings, model_dir=None
                     progress: bool = True, classifier: TwoStage | None = None) -> dict:
     """Classify every usable row of a raw shop export with the models of `settings` (or an already loaded
     `classifier`); write the predictions (and the quarantine beside them); -> summary counts."""
-    out_file = Path(out_file)
-    _check_suffix(out_file)
-    products, quarantine, rows_in = read_export_unlabelled(platform, input_dir)
+    out_file, q_path = checked_outputs(out_file, classify_inputs(settings, input_dir, model_dir))
+    if not Path(input_dir).exists():
+        raise FileNotFoundError(f"export {input_dir} not found")
     clf = classifier or TwoStage.load(settings, model_dir, mode)
+    products, quarantine, rows_in = read_export_unlabelled(platform, input_dir)
     t0 = time.perf_counter()
     result = classify_products(clf, products, platform, progress, settings.loader_workers)
     seconds = time.perf_counter() - t0
@@ -94,9 +137,7 @@ def classify_export(platform: str, input_dir, out_file, settings, model_dir=None
     if rows_in != len(table) + len(quarantine):
         raise RowCountMismatch(f"{platform}: {rows_in} rows read but {len(table)} classified + {len(quarantine)} "
                                "quarantined")
-    write_table(table, out_file)
-    q_path = out_file.with_name(f"{out_file.stem}.quarantine{out_file.suffix}")
-    write_table(quarantine, q_path)
+    write_outputs(table, quarantine, out_file, q_path)
     return {"platform": platform, "rows_in": rows_in, "classified": len(table), "quarantined": len(quarantine),
             "quarantined_by_reason": quarantine["reason_kind"].value_counts().to_dict(),
             "stage": {f"stage{k}": int(v) for k, v in table["stage"].value_counts().sort_index().items()},

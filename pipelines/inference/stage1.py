@@ -36,6 +36,7 @@ def train_stage1(features: dict, available: dict, labels: list, split, taxonomy,
     calibration.json; -> summary. The manifest records the lexical space the features came from."""
     from pipelines.classify.manifest import feature_provenance
     from pipelines.classify.train import load_model, train_classifier
+    from pipelines.files import atomic_write_text
 
     cfg = stage1_config()
     out_dir = settings.work("models", STAGE1)
@@ -47,17 +48,20 @@ def train_stage1(features: dict, available: dict, labels: list, split, taxonomy,
     val = np.flatnonzero(np.asarray(split) == "val")
     cal = calibrate(model, {m: features[m][val] for m in model.modalities},
                     {m: available[m][val] for m in model.modalities}, [labels[i] for i in val])
-    (Path(res.model_dir) / "calibration.json").write_text(json.dumps(cal, indent=2))
+    atomic_write_text(Path(res.model_dir) / "calibration.json", json.dumps(cal, indent=2))
     return {"model_dir": str(res.model_dir), "val": res.val, "test": res.test, "calibration": cal,
             "train_seconds": res.train_seconds, "run_id": res.run_id, "per_platform": res.per_platform}
 
 
 def load_stage1(model_dir) -> Stage:
-    """The calibrated stage-1 model of `model_dir` (its model files + calibration.json)."""
+    """The calibrated stage-1 model of `model_dir` (its model files + calibration.json), every file validated
+    (model_files.BadModelFile / files.BadJSONFile name the one that is wrong)."""
+    from pipelines.classify.model_files import read_calibration
     from pipelines.classify.train import load_model
 
     model_dir = Path(model_dir)
     if not (model_dir / "calibration.json").exists():
         raise FileNotFoundError(f"no calibrated stage-1 model in {model_dir}: materialise `stage1_model` "
                                 "(prodcat run) first")
-    return Stage(load_model(model_dir), json.loads((model_dir / "calibration.json").read_text())["temperatures"])
+    model = load_model(model_dir)
+    return Stage(model, read_calibration(model_dir, model.hierarchy.depth))

@@ -12,7 +12,6 @@ every difference instead of producing confident nonsense.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,10 +46,11 @@ def _check_manifest(model_dir, settings, modalities, role: str, encoders: dict |
     check_model(model_dir, expected_manifest(settings, modalities, encoders=encoders), role=role)
 
 
-def _load_stage2(settings, model_dir, routing: dict) -> tuple[Stage, Stage2Features, dict]:
+def _load_stage2(settings, model_dir, routing: dict, routing_path: Path) -> tuple[Stage, Stage2Features, dict]:
     """The stage-2 model with its temperatures (when routing.json was fitted for these very weights) and its
     feature pipeline, both checked against the model's manifest: names first (no encoder is loaded for a model
     that wants another one), then the loaded encoders' keys."""
+    from pipelines.classify.model_files import checked_temperatures
     from pipelines.classify.train import load_model
 
     stage2_dir, source = stage2_source(settings, model_dir)
@@ -60,15 +60,40 @@ def _load_stage2(settings, model_dir, routing: dict) -> tuple[Stage, Stage2Featu
     _check_manifest(stage2_dir, settings, model2.modalities, "stage-2 model", encoders=features2.encoders)
     cal = routing.get("stage2", {})
     calibrated = cal.get("weights_sha256") == weights_sha(stage2_dir)
-    temps = cal["calibration"]["temperatures"] if calibrated else [1.0] * model2.hierarchy.depth
+    temps = (checked_temperatures(cal["calibration"].get("temperatures"), model2.hierarchy.depth,
+                                  f"{routing_path} (stage2.calibration)") if calibrated
+             else [1.0] * model2.hierarchy.depth)
     info = {"stage2_source": source, "stage2_strategy": model2.cfg.get("name"), "stage2_calibrated": calibrated}
     return Stage(model2, temps), features2, info
 
 
+def load_lexical_space(work) -> dict:
+    """The work dir's lexical space, loaded first (both stages read it): a file that is refused keeps its own
+    error (lexical.UntrustedModelFile); one that fails to load any other way is a BadModelFile naming it."""
+    import zipfile
+
+    from pipelines.classify.model_files import BadModelFile, error_summary
+    from pipelines.features.lexical import UntrustedModelFile
+
+    path = Path(work) / "lexical_space" / "lexical.skops"
+    try:
+        space = load_lexical(work)
+    except (UntrustedModelFile, FileNotFoundError):
+        raise
+    except (ValueError, OSError, KeyError, TypeError, AttributeError, EOFError, zipfile.BadZipFile) as e:
+        raise BadModelFile(f"{path}: cannot be loaded ({type(e).__name__}: {error_summary(e)}); re-materialise "
+                           "`lexical_space` (prodcat run)") from None
+    if not isinstance(space, dict) or not {"svd", "expert"} <= set(space):
+        raise BadModelFile(f"{path}: not a lexical space (expected its 'svd' and 'expert' parts)")
+    return space
+
+
 def _read_routing(s1_dir: Path, mode: str) -> dict:
+    from pipelines.classify.model_files import read_routing_file
+
     path = s1_dir / "routing.json"
     if path.exists():
-        return json.loads(path.read_text())
+        return read_routing_file(path)
     if mode == "routed":
         raise FileNotFoundError(f"{path} missing: materialise `routing_threshold` (prodcat run) or use --stage stage1")
     return {}
@@ -100,6 +125,7 @@ class TwoStage:
             stage1_path, model_dir = model_dir, None
         s1_dir = Path(stage1_path or stage1_dir(settings))
         info = {"mode": mode, "work": str(settings.work_dir)}
+        lexical = load_lexical_space(settings.work_dir)
         stage1 = None
         if mode != "stage2":
             stage1 = load_stage1(s1_dir)
@@ -108,10 +134,10 @@ class TwoStage:
         routing = _read_routing(s1_dir, mode)
         stage2 = features2 = None
         if mode != "stage1":
-            stage2, features2, stage2_info = _load_stage2(settings, model_dir, routing)
+            stage2, features2, stage2_info = _load_stage2(settings, model_dir, routing, s1_dir / "routing.json")
             info |= stage2_info
         info["threshold"] = threshold = float(routing.get("threshold", 0.0))
-        return cls(stage1, stage2, load_lexical(settings.work_dir), features2, threshold,
+        return cls(stage1, stage2, lexical, features2, threshold,
                    list(stage1_config().get("abstain", [])), mode, info)
 
     @property
