@@ -11,7 +11,9 @@ out-of-scope flags of its products:
   - `unmapped_reason = "no agreement"` when not even the department gets that share.
 A top-level native category with fewer products is listed as `too few products` so every product is covered.
 agreement = the share of in-scope products whose predicted path passes through the proposed node; confidence = their
-mean calibrated probability of it (0 for a product predicting elsewhere); `confident` marks rows a reviewer may take
+mean calibrated probability of it (0 for a product predicting elsewhere). With `name_weight` > 0 the category's own
+name, classified like a product title ("Women Apparel Topwear Tunics"), votes too, weighing `name_weight` times all
+its in-scope products together (agreement is then the weighted share; 0, the default, is products only); `confident` marks rows a reviewer may take
 on trust (enough support, agreement and confidence: thresholds fixed a priori in ProposalConfig, never tuned on a
 shop's labels). Rules follow the mapping tables' semantics: the most specific matching row wins, so a product whose
 own category has no decision falls back to its nearest ancestor's.
@@ -50,6 +52,7 @@ class ProposalConfig:
     confident_agreement: float = 0.8
     confident_confidence: float = 0.7
     examples: int = 3
+    name_weight: float = 0.0  # the native category name's vote, relative to all its in-scope products together
 
 
 def native_key(native) -> tuple:
@@ -68,17 +71,22 @@ def native_categories(native_paths) -> dict:
     return {k: (spellings[k].most_common(1)[0][0], rows) for k, rows in members.items()}
 
 
-def agreed_path(paths: list, min_agreement: float) -> tuple[tuple, float]:
-    """(the deepest node more than `min_agreement` of `paths` pass through, level by level; that share)."""
-    node, share, n = (), 1.0, len(paths)
-    while n:
-        counts = Counter(p[:len(node) + 1] for p in paths if len(p) > len(node) and p[:len(node)] == node)
+def agreed_path(paths: list, min_agreement: float, weights=None) -> tuple[tuple, float]:
+    """(the deepest node more than `min_agreement` of `paths` (weighted by `weights`, default 1 each) pass
+    through, level by level; that share)."""
+    weights = [1.0] * len(paths) if weights is None else list(weights)
+    node, share, total = (), 1.0, float(sum(weights))
+    while total > 0:
+        counts: Counter = Counter()
+        for p, w in zip(paths, weights):
+            if len(p) > len(node) and p[:len(node)] == node:
+                counts[p[:len(node) + 1]] += w
         if not counts:
             break
         best, count = min(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-        if count / n <= min_agreement:
+        if count / total <= min_agreement:
             break
-        node, share = best, count / n
+        node, share = best, count / total
     return node, (share if node else 0.0)
 
 
@@ -96,15 +104,19 @@ def _examples(products: pd.DataFrame, rows: np.ndarray, order: np.ndarray, k: in
     return titles, images
 
 
-def _decide(rows: np.ndarray, paths: list, conf: np.ndarray, oos: np.ndarray, cfg: ProposalConfig) -> dict:
-    """The proposal for one native category's products (indices `rows`)."""
+def _decide(rows: np.ndarray, paths: list, conf: np.ndarray, oos: np.ndarray, cfg: ProposalConfig,
+            name_path: tuple | None = None) -> dict:
+    """The proposal for one native category's products (indices `rows`; `name_path`: its name's prediction)."""
     share = float(oos[rows].mean())
     if share > cfg.out_of_scope_majority:
         return {"category_path": (), "unmapped_reason": REASON_OUT_OF_SCOPE, "agreement": share,
                 "confidence": share, "out_of_scope_share": share, "_order": oos[rows].astype(float)}
     inside = rows[~oos[rows]]
     in_paths = [paths[i] for i in inside]
-    node, agreement = agreed_path(in_paths, cfg.min_agreement)
+    votes, weights = in_paths, None
+    if name_path and cfg.name_weight > 0:
+        votes, weights = in_paths + [tuple(name_path)], [1.0] * len(in_paths) + [cfg.name_weight * len(in_paths)]
+    node, agreement = agreed_path(votes, cfg.min_agreement, weights)
     per_product = np.zeros(len(rows))
     per_product[~oos[rows]] = _path_confidence(in_paths, conf[inside], node) if node else 0.0
     return {"category_path": node, "unmapped_reason": "" if node else REASON_NO_AGREEMENT, "agreement": agreement,
@@ -118,9 +130,11 @@ def _is_confident(row: dict, cfg: ProposalConfig) -> bool:
             and row["confidence"] >= cfg.confident_confidence)
 
 
-def propose_mapping(products: pd.DataFrame, predictions: pd.DataFrame, cfg: ProposalConfig = ProposalConfig()):
+def propose_mapping(products: pd.DataFrame, predictions: pd.DataFrame, cfg: ProposalConfig = ProposalConfig(),
+                    name_paths: dict | None = None):
     """The proposal table (PROPOSAL_COLUMNS; category_path a tuple) from row-aligned `products` (native_path,
-    title, image_path) and `predictions` (full_path, conf_L1.., out_of_scope). Reads no label."""
+    title, image_path) and `predictions` (full_path, conf_L1.., out_of_scope); `name_paths` {native_key: the
+    predicted path of the category's name} when cfg.name_weight > 0. Reads no label."""
     paths = [tuple(p) for p in predictions["full_path"]]
     conf = predictions[[c for c in predictions.columns if c.startswith("conf_L")]].to_numpy(float)
     oos = predictions["out_of_scope"].to_numpy(bool)
@@ -137,7 +151,7 @@ def propose_mapping(products: pd.DataFrame, predictions: pd.DataFrame, cfg: Prop
                                    "confidence": 0.0, "out_of_scope_share": float(oos[rows].mean()),
                                    "example_titles": titles, "example_images": images})
             continue
-        decision = _decide(rows, paths, conf, oos, cfg)
+        decision = _decide(rows, paths, conf, oos, cfg, (name_paths or {}).get(key))
         titles, images = _examples(products, rows, decision.pop("_order"), cfg.examples)
         out.append(base | decision | {"example_titles": titles, "example_images": images})
     table = pd.DataFrame(out, columns=[c for c in PROPOSAL_COLUMNS if c != "confident"])

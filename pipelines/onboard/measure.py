@@ -21,6 +21,7 @@ from pipelines.onboard.evaluate import TARGETS, score_mapping_proposal, score_sc
 from pipelines.onboard.mapping_proposal import ProposalConfig
 
 SECTION = "onboarding"
+NAME_WEIGHT_ABLATION = 0.5  # the other variant reported beside the primary one (see mapping_proposal's docstring)
 
 
 def _train_side(holdout: str, shops: list, settings, taxonomy, embed, out: Path, modalities, google_taxonomy,
@@ -55,8 +56,22 @@ def onboard_holdout(holdout: str, settings, classifier, detector, embed, out: Pa
     return export, predictions, proposal
 
 
-def score_holdout(holdout: str, export, predictions, proposal, taxonomy) -> dict:
-    """The scoring step, the first to read the held-out shop's hand mapping."""
+def ablation_proposal(export, predictions, classifier, cfg: ProposalConfig) -> tuple[ProposalConfig, object]:
+    """The proposal with the other name-vote setting (products only <-> products + the native name's vote), from
+    the same classification: label-free, like the primary one."""
+    from dataclasses import replace
+
+    from pipelines.onboard.run import classify_native_names, proposal_from_predictions
+
+    other = replace(cfg, name_weight=0.0 if cfg.name_weight else NAME_WEIGHT_ABLATION)
+    names = (classify_native_names(classifier, export.products["native_path"], other.min_support)
+             if other.name_weight else None)
+    return other, proposal_from_predictions(export.products, predictions, other, names)
+
+
+def score_holdout(holdout: str, export, predictions, proposal, taxonomy, ablation=None) -> dict:
+    """The scoring step, the first to read the held-out shop's hand mapping. `ablation`: (config, proposal) of
+    the other variant, scored alongside."""
     from pipelines.ingest.mapping import load_mapping
     from pipelines.settings import MAPPINGS_DIR
 
@@ -64,7 +79,12 @@ def score_holdout(holdout: str, export, predictions, proposal, taxonomy) -> dict
     native = export.products["native_path"].tolist()
     mapping = score_mapping_proposal(proposal, native, hand)
     scope = score_scope_detection(predictions["scope_score"], predictions["out_of_scope"], native, hand)
-    return {"mapping": mapping, "scope": scope, "met": targets_met(mapping, scope)}
+    out = {"mapping": mapping, "scope": scope, "met": targets_met(mapping, scope)}
+    if ablation is not None:
+        other = score_mapping_proposal(ablation[1], native, hand)
+        out["ablation"] = {"name_weight": ablation[0].name_weight,
+                           **{k: other[k] for k in ("correct", "consistent", "confident_correct", "confident_share")}}
+    return out
 
 
 def measure_holdout(holdout: str, shops: list, settings, out_dir, *, modalities=ONBOARD_MODALITIES,
@@ -80,7 +100,8 @@ def measure_holdout(holdout: str, shops: list, settings, out_dir, *, modalities=
     classifier, detector = _train_side(holdout, shops, settings, taxonomy, embed, out, modalities, google_taxonomy,
                                        max_epochs)
     export, predictions, proposal = onboard_holdout(holdout, settings, classifier, detector, embed, out, cfg)
-    result = score_holdout(holdout, export, predictions, proposal, taxonomy)
+    ablation = ablation_proposal(export, predictions, classifier, cfg)
+    result = score_holdout(holdout, export, predictions, proposal, taxonomy, ablation)
     return {"holdout": holdout, "training_shops": [s for s in shops if s != holdout], "rows_in": export.rows_in,
             "products": len(predictions), "proposal_rows": len(proposal), **result,
             "classifier": classifier.info, "detector": detector.info,

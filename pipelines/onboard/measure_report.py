@@ -54,5 +54,19 @@ def onboarding_section(report: dict) -> str:
     lines += ["", "Proposal correct by the depth of the hand path: " + "; ".join(
         f"{shop} " + ", ".join(f"L{d} {_pct(v)}" for d, v in cell["mapping"]["by_hand_depth"].items())
         for shop, cell in report["shops"].items()) + "."]
+    lines += ablation_lines(report)
     lines += errors_lines(report)
     return "\n".join(lines)
+
+
+def ablation_lines(report: dict) -> list[str]:
+    cells = [(shop, c["ablation"]) for shop, c in report["shops"].items() if c.get("ablation")]
+    if not cells:
+        return []
+    primary = report["proposal_config"]["name_weight"]
+    lines = ["", f"Ablation, the same classifications proposed with the other name vote (primary: name weight "
+             f"{primary:g}; 0 = the category's products only, 0.5 = its name, classified like a title, also votes "
+             "with half the weight of its products): proposal correct % / confident rows correct % [share]:", ""]
+    lines += [f"- {shop} (name weight {a['name_weight']:g}): {_pct(a['correct'])} / {_pct(a['confident_correct'])} "
+              f"[{_pct(a['confident_share'])}]" for shop, a in cells]
+    return lines

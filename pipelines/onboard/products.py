@@ -87,4 +87,5 @@ def require_products(export: UnlabelledExport) -> UnlabelledExport:
     if not export.rows_in:
         raise NoUsableRows(f"{export.source}: the feed holds no data rows")
     kinds = export.quarantine["reason_kind"].value_counts().to_dict()
-    raise NoUsableRows(f"{export.source}: no usable rows: all {export.rows_in} rows were quarantined ({kinds})")
+    raise NoUsableRows(f"{export.source}: no usable rows: all {export.rows_in} rows were quarantined ({kinds}); "
+                       "each row's reason is in the quarantine")

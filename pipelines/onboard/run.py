@@ -43,10 +43,33 @@ def prediction_table(products: pd.DataFrame, result: pd.DataFrame, scores: np.nd
     return out
 
 
+def classify_native_names(classifier, native_paths, min_support: int) -> dict:
+    """{native_key: predicted full path} of every native category with `min_support` products, its name (its
+    levels joined) classified as if it were a product title: the shop's own word for what the products are."""
+    from pipelines.onboard.mapping_proposal import native_categories
+
+    cats = [(key, levels) for key, (levels, rows) in native_categories(native_paths).items()
+            if len(rows) >= min_support]
+    if not cats:
+        return {}
+    names = [" ".join(levels) for _, levels in cats]
+    result = classifier.classify(names, [""] * len(names), [None] * len(names))
+    return {key: tuple(path) for (key, _), path in zip(cats, result["full_path"])}
+
+
+def proposal_from_predictions(products: pd.DataFrame, predictions: pd.DataFrame, cfg: ProposalConfig,
+                              name_paths: dict | None = None) -> pd.DataFrame:
+    """The proposal again from a prediction_table (another ProposalConfig on the same classification)."""
+    from pipelines.taxonomy.tree import parse_path
+
+    result = predictions.assign(full_path=[parse_path(p) for p in predictions["model_path"]])
+    return propose_mapping(products.reset_index(drop=True), result, cfg, name_paths)
+
+
 def onboard_products(products: pd.DataFrame, classifier, detector, embed, cfg: ProposalConfig = ProposalConfig(),
                      progress: bool = False, num_workers: int | None = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(predictions, proposal) for an unlabelled products table: classify, flag, propose. Reads no label
-    (LabelLeak if the frame holds one)."""
+    """(predictions, proposal) for an unlabelled products table: classify, flag, propose (with the native names'
+    vote when cfg.name_weight > 0). Reads no label (LabelLeak if the frame holds one)."""
     from pipelines.inference.export import classify_products
     from pipelines.inference.features import embedding_texts
 
@@ -57,7 +80,8 @@ def onboard_products(products: pd.DataFrame, classifier, detector, embed, cfg: P
     scores = detector.scores(vectors, products["native_path"])
     oos = detector.flags(scores)
     predictions = prediction_table(products, result, scores, oos, classifier.depth)
-    proposal = propose_mapping(products, result.assign(out_of_scope=oos), cfg)
+    names = classify_native_names(classifier, products["native_path"], cfg.min_support) if cfg.name_weight else None
+    proposal = propose_mapping(products, result.assign(out_of_scope=oos), cfg, names)
     return predictions, proposal
 
 
@@ -109,7 +133,7 @@ def onboard_shop(shop: str, feed, fmt: str | None, out_dir, settings, *, model_d
     """Onboard `shop` from `feed` (format `fmt`, or detected) into `out_dir`; -> the summary (also onboarding.json).
     The champion classifies unless `classifier` is given; the detector trains on `training_shops` (default: the
     registered benchmark shops, the new one excluded) unless `detector` is given."""
-    from pipelines.files import check_output_path
+    from pipelines.files import atomic_write_csv, check_output_path
     from pipelines.ingest.image_fetch import ImageFetcher
     from pipelines.inference.two_stage import TwoStage
     from pipelines.onboard.embedding import TextEmbedder
@@ -119,14 +143,18 @@ def onboard_shop(shop: str, feed, fmt: str | None, out_dir, settings, *, model_d
 
     out = check_output_path(out_dir, [feed], directory=True)
     progress = (not settings.quiet) if progress is None else progress
+    classifier = classifier or TwoStage.load(settings, model_dir, mode)  # a missing champion fails first
     fetcher = ImageFetcher(settings.work("images"), network=network)
-    export = require_products(read_feed_unlabelled(shop, feed, fmt, verify_images=True, image_fetcher=fetcher))
+    export = read_feed_unlabelled(shop, feed, fmt, verify_images=True, image_fetcher=fetcher)
+    if not len(export.products):  # say why, and leave the quarantine where the user will look
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_csv(export.quarantine, out / QUARANTINE_FILE)
+        require_products(export)
     embed = TextEmbedder.from_settings(settings)
     if detector is None:
         shops = [s for s in (training_shops or PLATFORMS) if s != shop and settings.raw_dir(s).exists()]
         detector = training_scope_detector(embed, load_taxonomy(settings.taxonomy_path), shops, settings.raw_dir,
                                            MAPPINGS_DIR, google_taxonomy)
-    classifier = classifier or TwoStage.load(settings, model_dir, mode)
     predictions, proposal = onboard_products(export.products, classifier, detector, embed, cfg, progress,
                                              settings.loader_workers)
     out.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,15 @@ class ScopeTrainingError(ValueError):
     """The anchors or training rows cannot give a detector (no out-of-scope anchor, no in-scope validation row)."""
 
 
+def default_google_taxonomy() -> Path | None:
+    """../shared/benchmark/reference/google_product_taxonomy-with-ids.en-US.txt when it is there (entry points
+    pass it on; nothing below them assumes it)."""
+    from pipelines.settings import BENCHMARK_DIR
+
+    path = BENCHMARK_DIR / "reference" / "google_product_taxonomy-with-ids.en-US.txt"
+    return path if path.is_file() else None
+
+
 def anchor_name(levels) -> str:
     """A category as anchor text: its own name with its parent's, "Curtains (Window Treatments)"."""
     levels = [str(x).strip() for x in levels if str(x).strip()]
