@@ -184,3 +184,19 @@ def read_json(path):
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise BadJSONFile(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+
+
+def sha256_of_files(path) -> str:
+    """sha256 over a file, or over every file of a directory (relative names included, sorted): the identity of
+    model weights, a lexical space or a registered model's files."""
+    import hashlib
+
+    path = Path(path)
+    files = sorted(f for f in (path.rglob("*") if path.is_dir() else [path]) if f.is_file())
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()

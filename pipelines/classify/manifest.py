@@ -20,6 +20,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from pipelines.files import sha256_of_files
+
 MANIFEST_VERSION = 1
 ENCODERS_OF = {"text": ("text",), "image": ("image",), "joint": ("text", "image"), "lexical": ()}
 JOINT_HEADS = ("joint_space", "alignment.safetensors")
@@ -28,19 +30,6 @@ LEXICAL_SPACE = "lexical_space"
 
 class ModelMismatch(ValueError):
     """The model was trained with other vectors or another taxonomy than the current configuration gives."""
-
-
-def files_sha256(path: Path) -> str:
-    """sha256 over a file, or over every file of a directory (relative names included, sorted)."""
-    path = Path(path)
-    files = sorted(f for f in (path.rglob("*") if path.is_dir() else [path]) if f.is_file())
-    h = hashlib.sha256()
-    for f in files:
-        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
-        with f.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
 
 
 def taxonomy_identity(nodes: list, taxonomy=None) -> dict:
@@ -97,7 +86,7 @@ def feature_provenance(settings, modalities, encoders: dict | None = None, load:
 def _artefact_sha(path: Path, asset: str) -> str:
     if not path.exists():
         raise FileNotFoundError(f"{path} missing: materialise `{asset}` first (prodcat run)")
-    return files_sha256(path)
+    return sha256_of_files(path)
 
 
 def expected_manifest(settings, modalities, encoders: dict | None = None, load: bool = False) -> dict:

@@ -296,9 +296,9 @@ def champion_source(tracking_uri: str, version) -> tuple[str, Path | None]:
 
 def _cache_is_stale(target: Path, local_source: Path | None) -> bool:
     """A cached copy that differs from the registered files it was taken from (e.g. copied in from another tree)."""
-    from pipelines.classify.manifest import files_sha256
+    from pipelines.files import sha256_of_files
 
-    return local_source is not None and files_sha256(target) != files_sha256(local_source)
+    return local_source is not None and sha256_of_files(target) != sha256_of_files(local_source)
 
 
 def champion_dir(tracking_uri: str, cache_dir: str | Path) -> Path:

@@ -8,7 +8,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from pipelines.files import atomic_write_text
+from pipelines.files import atomic_write_text, sha256_of_files
 from pipelines.features.encoders.base import EncoderError
 
 DEFAULT_WEIGHTS_CACHE = Path.home() / ".cache" / "prodcat"  # Settings.weights_cache's default
@@ -37,16 +37,6 @@ def resolve_path(ref: str) -> str:
     return ref  # hub id like org/name: loaders look in the local cache (offline) and fail clearly if absent
 
 
-def _sha256_files(root: Path, files: list[Path]) -> str:
-    h = hashlib.sha256()
-    for f in files:
-        h.update(str(f.relative_to(root) if root.is_dir() else f.name).encode())
-        with f.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
-
-
 def _remember(cache_file: Path, known: dict):
     """Best effort: a read-only cache dir only costs a re-hash next time."""
     try:
@@ -73,7 +63,7 @@ def weights_hash(path: str, cache_dir: str | Path | None = None) -> str:
     except (OSError, ValueError):
         known = {}
     if stamp not in known:
-        known[stamp] = _sha256_files(p, files)
+        known[stamp] = sha256_of_files(p)[:16]
         _remember(cache_file, known)
     _HASH_MEMO[stamp] = known[stamp]
     return known[stamp]
