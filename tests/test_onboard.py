@@ -256,3 +256,68 @@ def test_measure_onboarding_writes_targets_json_and_report_section(env, tmp_path
     assert text.startswith("# Benchmark") and "<!-- onboarding:start -->" in text and "| hm |" in text
     assert (tmp_path / "out" / "hm" / "mapping.proposed.csv").exists()
     assert np.isfinite(cell["scope"]["in_scope_flag_rate"])
+
+
+def _write_feed(path, rows):
+    header = "id\ttitle\tdescription\timage_link\tbrand\tproduct_type\n"
+    path.write_text(header + "".join("\t".join(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_bad_rows_are_quarantined_with_their_reason_and_counted(env, tmp_path):
+    from pipelines.onboard.run import onboard_shop
+
+    feed = _write_feed(tmp_path / "feed.tsv", [
+        ("1", "Blue denim jeans", "slim fit", "", "Acme", "Women > Jeans"),
+        ("2", "", "no title", "", "Acme", "Women > Jeans"),
+        ("1", "Blue denim jeans again", "", "", "Acme", "Women > Jeans"),
+        ("3", "Ceramic coffee mug", "350 ml", "https://img.invalid/3.jpg", "Acme", "Kitchen > Mugs")])
+    out = tmp_path / "out"
+    summary = onboard_shop("acme", feed, "google-tsv", out, env["settings"], classifier=env["classifier"],
+                           detector=env["detector"], network=False)
+    assert (summary["rows_in"], summary["products"], summary["quarantined"]) == (4, 2, 2)
+    q = pd.read_csv(out / "quarantine.csv")
+    assert sorted(q["reason_kind"]) == ["duplicate id (first seen on line 2)", "empty title"]
+
+
+def test_a_feed_without_usable_rows_says_why_and_leaves_the_quarantine(env, tmp_path):
+    from pipelines.onboard.products import NoUsableRows
+    from pipelines.onboard.run import onboard_shop
+
+    feed = _write_feed(tmp_path / "feed.tsv", [("1", "", "", "", "", "A"), ("2", " ", "", "", "", "B")])
+    with pytest.raises(NoUsableRows, match="all 2 rows were quarantined"):
+        onboard_shop("acme", feed, None, tmp_path / "out", env["settings"], classifier=env["classifier"],
+                     detector=env["detector"], network=False)
+    assert len(pd.read_csv(tmp_path / "out" / "quarantine.csv")) == 2
+
+
+def test_an_unknown_feed_format_is_a_clear_error(env, tmp_path):
+    from pipelines.ingest.shops import BadExport
+    from pipelines.onboard.run import onboard_shop
+
+    feed = tmp_path / "feed.txt"
+    feed.write_text("sku;name\n1;shirt\n")
+    with pytest.raises(BadExport, match="cannot tell the feed format"):
+        onboard_shop("acme", feed, None, tmp_path / "out", env["settings"], classifier=env["classifier"],
+                     detector=env["detector"], network=False)
+    with pytest.raises(BadExport, match="unknown feed format 'csv-ish'"):
+        onboard_shop("acme", feed, "csv-ish", tmp_path / "out", env["settings"], classifier=env["classifier"],
+                     detector=env["detector"], network=False)
+
+
+def test_onboard_with_the_two_stage_champion_routes_and_flags(two_stage_models, env, tmp_path):
+    """The production path: the feed classified by TwoStage (stage 1, then the stage-2 model for the unsure ones),
+    the detector trained on the registered sample shops (the default when none is given)."""
+    from pipelines.onboard.run import onboard_shop
+
+    if not FEED.exists():
+        pytest.skip("sample feeds not present")
+    out = tmp_path / "acme"
+    summary = onboard_shop("acme", FEED, None, out, two_stage_models["settings"],
+                           model_dir=two_stage_models["stage2_dir"], network=False,
+                           google_taxonomy=google_subset(tmp_path), training_shops=["myntra", "flipkart"])
+    assert summary["classifier"]["mode"] == "routed" and summary["products"] == 50
+    pred = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    assert set(pred["stage"]) <= {1, 2} and pred["model_path"].str.len().gt(0).all()
+    assert (pred.loc[pred["out_of_scope"], "category_path"] == "").all()
+    assert summary["out_of_scope"] <= 5  # H&M fashion: the detector leaves it in scope
