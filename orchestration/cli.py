@@ -131,6 +131,59 @@ def cmd_taxonomy(args) -> int:
     return 0
 
 
+def cmd_onboard(args) -> int:
+    from pipelines.onboard.run import onboard_shop
+    from pipelines.onboard.scope import default_google_taxonomy
+
+    if not args.shop or not args.feed or not args.out:
+        raise ValueError("onboard needs --shop NAME --feed FILE --out DIR (or: prodcat onboard measure ...)")
+    summary = onboard_shop(args.shop, Path(args.feed), args.format, Path(args.out), build_settings(args),
+                           model_dir=args.model, mode=args.stage, network=not args.no_network,
+                           google_taxonomy=args.google_taxonomy or default_google_taxonomy(),
+                           progress=not args.quiet)
+    print(json.dumps({k: v for k, v in summary.items() if k != "classifier"}, indent=2, default=str))
+    _register_onboarded_shop(args.shop, build_settings(args))
+    return 0
+
+
+def _register_onboarded_shop(shop: str, settings: Settings) -> None:
+    """A shop whose export and contract are in the data root becomes a Dagster partition now; otherwise say how."""
+    from orchestration.partitions import known_shops, register_shops
+    from orchestration.runners import project_instance
+
+    if shop in known_shops(settings.data_root):
+        with project_instance(dagster_home()) as instance:
+            register_shops(instance, [shop])
+        print(f"registered shop {shop!r} as a partition of the pipeline")
+    else:
+        print(f"to train on {shop!r} too: put its export under {settings.data_root / shop}/ with a contract "
+              f"data/shops/{shop}.yaml (format: google-tsv | google-xml | shopify | csv ...) and run `prodcat run`")
+
+
+def cmd_onboard_measure(args) -> int:
+    from pipelines.onboard.measure import measure_onboarding
+    from pipelines.onboard.scope import default_google_taxonomy
+
+    report = measure_onboarding(build_settings(args), Path(args.out), shops=args.shop or None,
+                                modalities=tuple(args.modalities.split(",")),
+                                google_taxonomy=args.google_taxonomy or default_google_taxonomy(),
+                                benchmark_md=args.benchmark_md or None)
+    print(Path(report["files"]["md"]).read_text())
+    print(f"wrote {report['files']['json']} and the 'onboarding' section of {report['files']['benchmark_md']}")
+    return 0
+
+
+def cmd_mappings_accept(args) -> int:
+    from pipelines.onboard.mapping_proposal import accept_mapping_proposal
+    from pipelines.taxonomy.tree import load_taxonomy
+
+    summary = accept_mapping_proposal(Path(args.proposed), Path(args.out), reviewed_only=args.min_confidence is None,
+                                      min_confidence=args.min_confidence,
+                                      taxonomy=load_taxonomy(args.taxonomy) if args.taxonomy else None)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def main(argv=None) -> int:
     from orchestration.cli_parser import build_parser
     from pipelines.classify.registry import RegistryError

@@ -10,7 +10,8 @@ def build_parser(commands) -> argparse.ArgumentParser:
     """The argument parser; `commands` is the module holding the cmd_* functions (orchestration.cli)."""
     ap = argparse.ArgumentParser(prog="prodcat", description=commands.__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
-    for add in (add_pipeline_commands, add_bench_commands, add_model_commands, add_taxonomy_commands):
+    for add in (add_pipeline_commands, add_bench_commands, add_model_commands, add_taxonomy_commands,
+                add_onboard_commands):
         add(sub, commands)
     return ap
 
@@ -112,3 +113,44 @@ def add_taxonomy_commands(sub, commands) -> None:
     p.add_argument("--config", default="", help='JSON overrides of models/configs/recategorise.yaml, e.g. '
                                                 '\'{"simclr": {"epochs": 5}}\'')
     p.set_defaults(fn=commands.cmd_recategorise)
+
+
+def add_onboard_commands(sub, commands) -> None:
+    p = sub.add_parser("onboard", help="onboard a new shop from its feed: predictions, out-of-scope flags, a proposed "
+                                       "mapping table and a report (no labels, no code)")
+    p.add_argument("--shop", default=None, help="the new shop's name (letters, digits, '_', '-')")
+    p.add_argument("--feed", default=None, help="the feed file: Google Merchant TSV/XML, Shopify CSV, or a YAML "
+                                                "contract naming a CSV / JSON Lines / Parquet export")
+    p.add_argument("--format", default=None, choices=["google", "google-tsv", "google-xml", "shopify", "yaml"],
+                   help="default: detected from the file")
+    p.add_argument("--out", default=None, help="output directory")
+    p.add_argument("--model", default=None, help="stage-2 model dir (default: the registered champion)")
+    p.add_argument("--stage", choices=["routed", "stage1", "stage2"], default="routed")
+    p.add_argument("--data", default="", help="models and registered shops of 'sample' (default) or 'benchmark'")
+    p.add_argument("--google-taxonomy", default=None, help="Google product taxonomy file for out-of-scope anchors "
+                   "(default: ../shared/benchmark/reference/google_product_taxonomy-with-ids.en-US.txt if present)")
+    p.add_argument("--no-network", action="store_true", help="do not download http(s) images (cached ones are used)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(fn=commands.cmd_onboard, action=None)
+    actions = p.add_subparsers(dest="action")
+    m = actions.add_parser("measure", help="issue 17's targets, leave-one-platform-out: each shop onboarded as new "
+                                           "from its raw export, models trained on the others")
+    m.add_argument("--data", default="benchmark", help="'benchmark' (default), 'sample' or a directory of exports")
+    m.add_argument("--out", required=True, help="writes onboarding.json, onboarding.md, <shop>/ per held-out shop")
+    m.add_argument("--shop", action="append", default=None, help="shops taking part (default: every registered one)")
+    m.add_argument("--modalities", default="lexical,text", help="the stand-in classifier's views: lexical,text")
+    m.add_argument("--google-taxonomy", default=None, help="as for onboard")
+    m.add_argument("--benchmark-md", default=None, help="report to merge the 'onboarding' section into (default: "
+                                                        "<work>/report/benchmark.md)")
+    m.add_argument("--quiet", action="store_true")
+    m.set_defaults(fn=commands.cmd_onboard_measure)
+
+    p = sub.add_parser("mappings", help="mapping tables")
+    maps = p.add_subparsers(dest="action", required=True)
+    a = maps.add_parser("accept", help="adopt a reviewed mapping.proposed.csv as a shop's mapping table")
+    a.add_argument("--proposed", required=True, help="a mapping.proposed.csv written by `prodcat onboard`")
+    a.add_argument("--out", required=True, help="the mapping table, e.g. data/mappings/<shop>.csv (merged if it exists)")
+    a.add_argument("--min-confidence", type=float, default=None, help="also adopt unreviewed decided rows whose "
+                                                                      "confidence is at least this")
+    a.add_argument("--taxonomy", default=None, help="taxonomy file (default: data/taxonomy.yaml)")
+    a.set_defaults(fn=commands.cmd_mappings_accept)
