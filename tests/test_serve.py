@@ -1,5 +1,6 @@
 """`prodcat serve` as a real uvicorn process on a free port, exercised with a real HTTP client (httpx)."""
 import base64
+import json
 import os
 import socket
 import subprocess
@@ -59,10 +60,14 @@ def sample_image_b64() -> str:
 def test_health_taxonomy_openapi(server):
     health = server.get("/health").json()
     assert health["status"] == "ok" and health["mode"] == "routed" and 0 <= health["threshold"] <= 1.01
+    assert server.get("/ready").json()["status"] == "ready"
+    for path in ("/health", "/ready"):  # load balancers probe with HEAD (was 405)
+        head = server.head(path)
+        assert head.status_code == 200 and head.content == b"" and head.headers["content-type"] == "application/json"
     tax = server.get("/taxonomy").json()
     assert len(tax["leaves"]) == len(load_taxonomy().leaves()) and tax["levels"]
     spec = server.get("/openapi.json").json()
-    assert {"/classify", "/taxonomy", "/health"} <= set(spec["paths"])
+    assert {"/classify", "/taxonomy", "/health", "/ready"} <= set(spec["paths"])
     assert "Product" in spec["components"]["schemas"] and "Batch" in spec["components"]["schemas"]
 
 
@@ -99,6 +104,48 @@ def test_bad_requests_get_clear_4xx(server, body, status, needle):
     r = server.post("/classify", json=body)
     assert r.status_code == status, r.text
     assert needle in r.text
+
+
+@pytest.mark.parametrize("raw, needle", [
+    (b'{"title": NaN}', "title"),  # was 500: the 422 echoed NaN back and the JSON encoder refused it
+    (b'{"title": Infinity}', "title"),
+    (b'{"title": "Nike \\ud800 shirt"}', "lone surrogates"),  # was 500: a lone surrogate reached the encoder
+    (b'{"products": [{"title": "ok"}, {"title": "\\udfff"}]}', "lone surrogates"),
+    (b'{"title": "caf\xe9"}', "UTF-8"),
+    (b'[]', "object"), (b'"x"', "object"), (b'null', "object"), (b'', "empty body"),
+    (b'{"title": "x"} {"title": "y"}', "JSON"),
+])
+def test_malformed_bodies_get_a_short_422(server, raw, needle):
+    r = server.post("/classify", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert needle in r.json()["detail"] + json.dumps(r.json().get("errors", []))
+    assert len(r.content) < 1000
+
+
+def test_a_422_does_not_echo_the_input(server):
+    """Was: a 4 MB bad image came back whole in the 422 (a 4 MB answer)."""
+    bad_image = base64.b64encode(os.urandom(3_000_000)).decode()
+    r = server.post("/classify", json={"title": "x", "image_base64": bad_image})
+    assert r.status_code == 422 and "image_base64" in r.text and len(r.content) < 1000
+    r = server.post("/classify", json={"products": [{"title": "x" * 4000, "colour": "y" * 100_000}] * 50})
+    assert r.status_code == 422 and len(r.content) < 4000 and "xxxxxxxxxx" not in r.text
+    r = server.post("/classify", json={"title": "ok", "image_base64": base64.b64encode(b"GIF89a" + b"x" * 1_500_000)
+                                       .decode()})
+    assert r.status_code == 422 and len(r.content) < 1000
+
+
+def test_serve_beyond_loopback_needs_a_token(two_stage_models):
+    """Was: `serve --host 0.0.0.0` served an open classifier to the network. Now it refuses before loading."""
+    env = {**os.environ, "PRODCAT_WORK": str(two_stage_models["work"]), "PRODCAT_DATA": str(two_stage_models["raw"]),
+           "PRODCAT_QUIET": "1"}
+    env.pop("PRODCAT_TOKEN", None)
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-m", "orchestration.cli", "serve", "--host", "0.0.0.0", "--port",
+                           str(free_port()), "--model", str(two_stage_models["stage2_dir"])], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "without authentication" in proc.stderr and "PRODCAT_TOKEN" in proc.stderr
+    assert time.time() - t0 < 60
 
 
 def test_not_json_and_too_large(server):

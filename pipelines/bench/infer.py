@@ -3,21 +3,15 @@
 Batch: items/s from raw title/description/image path to a final path, for stage 1 only, stage 2 only and routed,
 with stage 2's embeddings computed in a fresh (cold) cache, as for new products; stage 2 also warm (second pass).
 Service: `prodcat serve` started as a real process on a free loopback port, `--concurrency` clients sending
-`--requests` single-product POST /classify requests in total (bounded load); p50/p99 latency and requests/s.
+`--requests` single-product POST /classify requests in total (bounded load); p50/p99 latency and requests/s
+(`prodcat bench serve` has the full service benchmark: text and mixed loads, RSS over 10,000 requests).
 """
 from __future__ import annotations
 
-import base64
 import json
-import socket
-import subprocess
-import sys
 import tempfile
-import threading
 import time
-from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 
@@ -56,83 +50,23 @@ def batch_figures(settings, products: pd.DataFrame) -> dict:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _payload(row) -> dict:
-    body = {"product_id": str(row["product_id"]), "title": row["title"], "description": row["description"] or ""}
-    path = row["image_path"]
-    if isinstance(path, str) and Path(path).is_file():
-        body["image_base64"] = base64.b64encode(Path(path).read_bytes()).decode()
-    return body
-
-
-def _serve_command(settings, port: int) -> list:
-    """`prodcat serve` as a child process. It inherits this process's environment (which, with the --data flag,
-    made these settings at the `prodcat bench infer` entry point), so it builds the same Settings itself."""
-    return [sys.executable, "-m", "orchestration.cli", "serve", "--port", str(port), "--data", str(settings.data_root)]
-
-
 def service_figures(settings, products: pd.DataFrame, requests: int, concurrency: int) -> dict:
-    import httpx
+    """`prodcat serve` in a child process on loopback, `requests` single products (with their images) from
+    `concurrency` clients; the load driver of `prodcat bench serve`."""
+    from pipelines.bench.serve import Server, drive, product_body
 
-    port = _free_port()
-    proc = subprocess.Popen(_serve_command(settings, port), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
-    url = f"http://127.0.0.1:{port}"
+    bodies = [product_body(r, with_image=True) for _, r in products.head(requests).iterrows()]
+    payloads = [json.dumps(b).encode() for b in bodies]
+    server = Server(settings)
     try:
-        t_start = time.time()
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {proc.stderr.read()[-1500:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.5)
-        startup = time.time() - t_start
-        bodies = [_payload(r) for _, r in products.head(requests).iterrows()]
-        with httpx.Client(base_url=url, timeout=60) as c:  # warm-up: first requests pay lazy initialisation
-            for b in bodies[:5]:
-                c.post("/classify", json=b).raise_for_status()
-        latencies, stages, errors, lock = [], [], [], threading.Lock()
-        queue = list(range(len(bodies)))
-
-        def client():
-            with httpx.Client(base_url=url, timeout=60) as c:
-                while True:
-                    with lock:
-                        if not queue:
-                            return
-                        i = queue.pop()
-                    t0 = time.perf_counter()
-                    r = c.post("/classify", json=bodies[i])
-                    ms = 1000 * (time.perf_counter() - t0)
-                    with lock:
-                        if r.status_code == 200:
-                            latencies.append(ms), stages.append(r.json()["stage"])
-                        else:
-                            errors.append(r.status_code)
-
-        threads = [threading.Thread(target=client) for _ in range(concurrency)]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - t0
+        drive(server.url, payloads[:5], 1, 120, server.token)  # warm-up: first requests pay lazy initialisation
+        figures = drive(server.url, payloads, concurrency, 600, server.token).figures(concurrency)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    lat = np.array(latencies)
-    return {"requests": len(bodies), "concurrency": concurrency, "errors": len(errors), "startup_s": round(startup, 1),
-            "p50_ms": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
-            "p99_ms": round(float(np.percentile(lat, 99)), 1) if len(lat) else None,
-            "requests_per_s": round(len(lat) / wall, 1), "routed_share": round(float(np.mean(np.array(stages) == 2)), 4)
-            if stages else None, "with_image": sum("image_base64" in b for b in bodies)}
+        server.stop()
+    return {"requests": figures["requests"], "concurrency": concurrency,
+            "errors": sum(figures["errors"].values()), "startup_s": server.startup_s,
+            "p50_ms": figures["p50_ms"], "p99_ms": figures["p99_ms"], "requests_per_s": figures["requests_per_s"],
+            "routed_share": figures["stage2_share"], "with_image": sum("image_base64" in b for b in bodies)}
 
 
 def main(args, settings) -> int:

@@ -1,205 +1,229 @@
-"""HTTP service for two-stage classification (FastAPI): POST /classify, GET /taxonomy, GET /health; OpenAPI at /docs.
+"""HTTP service for two-stage classification (FastAPI): POST /classify, GET /taxonomy, GET|HEAD /health (liveness)
+and /ready (readiness), GET /stats (batching and cache counters); OpenAPI at /docs.
 
-The models (stage 1, the champion, encoders, lexical space) are loaded once, before the app starts, and checked
-against their manifests (a model trained with other encoders or another taxonomy is refused). Requests are
-validated by pydantic (clear 422 messages); bodies above MAX_BODY_BYTES get 413 before they are parsed; a batch
-holds at most MAX_BATCH products. Inference runs under one lock: the models use the machine's cores already, and
-the embedding cache writer is not meant for concurrent use within one process.
+The models (stage 1, the champion, encoders, lexical space) are loaded once, before the server starts, and checked
+against their manifests (a model trained with other encoders or another taxonomy is refused). A request's products
+are micro-batched with other requests' products (batching.py), images are decoded in a bounded pool off the event
+loop (request_images.py) and stage-2 vectors come from an in-memory LRU over the read-only embedding store
+(vector_cache.py): the service never writes to the store and never lists it per request.
+
+Requests are untrusted (guards.py): bodies are parsed strictly (api_models.py), every limit is checked before the
+work it protects, every refusal is a short JSON message, and beyond loopback a bearer token is required.
 """
 from __future__ import annotations
 
-import base64
-import binascii
-import tempfile
-import threading
+import asyncio
+import json
+import logging
 import time
 from contextlib import asynccontextmanager
-from pathlib import Path
-from typing import Annotated, Union
 
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
 
-MAX_BATCH = 256
-MAX_TITLE = 500
-MAX_DESCRIPTION = 5000
-MAX_IMAGE_BYTES = 2_000_000  # decoded
-MAX_BODY_BYTES = 8_000_000
+from pipelines.inference.api_models import openapi_components, parse_products
+from pipelines.inference.guards import (BearerAuth, BodyBudget, RequestRefused, ServiceLimits, check_bind,
+                                        error_body, guarded_protocol, read_body)
 
-
-class Product(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    product_id: str | None = Field(None, max_length=200, description="echoed back; the index is used when absent")
-    title: str = Field(..., min_length=1, max_length=MAX_TITLE)
-    description: str = Field("", max_length=MAX_DESCRIPTION)
-    brand: str = Field("", max_length=200, description="accepted for the record; the models read title + description")
-    image_base64: str | None = Field(None, max_length=MAX_IMAGE_BYTES * 4 // 3 + 8,
-                                     description="JPEG/PNG bytes, base64; only stage 2 looks at images")
-
-    @field_validator("title")
-    @classmethod
-    def title_not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("title is blank")
-        return v
+log = logging.getLogger("prodcat.service")
+SERVICE_THREADS = 1  # torch intra-op threads unless Settings.threads says otherwise: see serve()
+PARSE_INLINE_BYTES = 64_000  # larger bodies are parsed in a thread: the event loop keeps answering meanwhile
 
 
-class Batch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    products: list[Product] = Field(..., min_length=1, max_length=MAX_BATCH)
+def json_response(doc, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(json.dumps(doc, ensure_ascii=False, allow_nan=False).encode("utf-8"), status_code=status,
+                    media_type="application/json", headers=headers)
 
 
-def _kind(value) -> str:
-    return "batch" if isinstance(value, dict) and "products" in value or isinstance(value, Batch) else "product"
+def _refused(request: Request, exc: RequestRefused) -> Response:
+    return Response(error_body(exc.status, exc.message, exc.errors), status_code=exc.status,
+                    media_type="application/json", headers=exc.headers)
 
 
-# a callable discriminator: validation errors name the fields of the shape that was sent, not of both shapes
-ProductOrBatch = Annotated[Union[Annotated[Product, Tag("product")], Annotated[Batch, Tag("batch")]],
-                           Discriminator(_kind)]
+def _internal(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return Response(error_body(500, f"internal error ({type(exc).__name__})"), status_code=500,
+                    media_type="application/json")
 
 
-class Result(BaseModel):
-    product_id: str
-    category_path: list[str] = Field(description="after abstention: cut back to the last confident ancestor")
-    category: str
-    confidence: dict[str, float | None] = Field(description="calibrated p(node | parent) per level of the full path")
-    full_path: list[str] = Field(description="the model's best valid path before abstention")
-    stage: int
-    needs_review: bool
-    image_used: bool
+async def _parsed(body: bytes, limits: ServiceLimits):
+    if len(body) > PARSE_INLINE_BYTES:
+        return await asyncio.get_running_loop().run_in_executor(None, parse_products, body, limits.max_batch)
+    return parse_products(body, limits.max_batch)
 
 
-class BatchResult(BaseModel):
-    results: list[Result]
-    ms: float
-
-
-class BodyTooLarge(HTTPException):
-    def __init__(self, limit: int):
-        super().__init__(413, f"request body larger than {limit} bytes")
-
-
-class BodyLimit:
-    """ASGI middleware: 413 for bodies above the limit, by Content-Length or while streaming (chunked bodies)."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            response = JSONResponse({"detail": f"request body larger than {self.limit} bytes"}, status_code=413)
-            return await response(scope, receive, send)
-        seen = 0
-
-        async def limited():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise BodyTooLarge(self.limit)  # an HTTPException: FastAPI answers 413
-            return message
-
-        return await self.app(scope, limited, send)
-
-
-def _decode_image(b64: str, index: int, folder: Path) -> Path:
-    from io import BytesIO
-
-    from PIL import Image
-
+async def _classified(state, products, batch: bool) -> list:
+    """Images decoded, products through the micro-batcher; the request's share of the bounds released after."""
+    n_images = sum(1 for p in products if p.image_base64)
+    state.images.reserve(n_images)
+    job = None
     try:
-        data = base64.b64decode(b64, validate=True)
-    except (binascii.Error, ValueError):
-        raise HTTPException(422, f"products[{index}].image_base64 is not valid base64") from None
-    if len(data) > MAX_IMAGE_BYTES:
-        raise HTTPException(413, f"products[{index}] image is {len(data)} bytes; limit {MAX_IMAGE_BYTES}")
+        images = await state.images.prepare(products, batch)
+        job = state.batcher.submit(asyncio.get_running_loop(), products, images)
+        return await job.future
+    except BaseException:
+        if job is not None:
+            job.cancelled = True  # timed out or the client went away: its remaining products are skipped
+        raise
+    finally:
+        state.images.release(n_images)
+
+
+async def _classify_route(request: Request) -> Response:
+    """One product (-> one result) or {"products": [...]} (-> {"results": [...], "ms": ...})."""
+    state, limits = request.app.state, request.app.state.limits
+    t0 = time.perf_counter()
+    body = await read_body(request, limits, state.bodies)
     try:
-        with Image.open(BytesIO(data)) as im:
-            im.load()
-    except Exception as e:  # PIL raises many types for bad bytes
-        raise HTTPException(422, f"products[{index}].image_base64 does not decode as an image: "
-                                 f"{type(e).__name__}") from None
-    path = folder / f"{index}.img"
-    path.write_bytes(data)
-    return path
+        products, batch = await _parsed(body, limits)
+        results = await asyncio.wait_for(_classified(state, products, batch), limits.request_timeout_s)
+    except asyncio.TimeoutError:
+        raise RequestRefused(504, f"classification did not finish within {limits.request_timeout_s:g} s; "
+                                  "retry, or send fewer products per request") from None
+    finally:
+        state.bodies.give(len(body))
+    if batch:
+        return json_response({"results": results, "ms": round(1000 * (time.perf_counter() - t0), 2)})
+    return json_response(results[0])
 
 
-def create_app(settings, model_dir=None, mode: str = "routed", classifier=None) -> FastAPI:
-    """The app for the models and taxonomy of `settings`; the models load once at startup (or pass an already
-    loaded `classifier`)."""
+async def _health_route(request: Request) -> Response:
+    """Liveness: the process answers. Details only to an authorised caller when a token is set."""
+    state = request.app.state
+    doc = {"status": "ok", "mode": state.clf.mode, "uptime_s": round(time.time() - state.started, 1)}
+    if request.scope.get("state", {}).get("authorised", True):
+        info = state.clf.info
+        doc |= {"threshold": info.get("threshold"), "stage2": info.get("stage2_source"),
+                "stage2_strategy": info.get("stage2_strategy")}
+    return json_response(doc)
 
+
+async def _ready_route(request: Request) -> Response:
+    """Readiness: models loaded, both workers alive and room in the queue; 503 otherwise (a balancer backs off)."""
+    state = request.app.state
+    batcher = state.batcher
+    doc = {"in_flight": batcher.in_flight, "limit": state.limits.max_items_in_flight}
+    if not batcher.alive:
+        return json_response(doc | {"status": "not ready", "reason": "a worker thread stopped"}, 503)
+    if batcher.in_flight >= state.limits.max_items_in_flight:
+        return json_response(doc | {"status": "not ready", "reason": "queue full"}, 503, {"retry-after": "1"})
+    return json_response(doc | {"status": "ready"})
+
+
+async def _taxonomy_route(request: Request) -> Response:
+    tax = request.app.state.taxonomy
+    return json_response({"name": tax.name, "version": tax.version, "levels": tax.levels,
+                          "nodes": [list(n) for n in tax.nodes], "leaves": [list(n) for n in tax.leaves()]})
+
+
+async def _stats_route(request: Request) -> Response:
+    """Batching and cache counters (what `prodcat bench serve` reports)."""
+    state = request.app.state
+    s = state.batcher.stats
+    busy = {k: round(v, 2) for k, v in s.busy_s.items()}
+    return json_response({"batches": s.batches, "items": s.items, "busy_s": busy,
+                          "skipped": s.skipped, "failed_batches": s.failed_batches,
+                          "in_flight": state.batcher.in_flight, "images_in_flight": state.images.in_flight,
+                          "vectors": state.features.stats() if state.features is not None else {}})
+
+
+def _lifespan(settings, model_dir, mode, classifier, limits):
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        from pipelines.inference.batching import MicroBatcher
+        from pipelines.inference.request_images import ImageDecoder
         from pipelines.inference.two_stage import TwoStage
+        from pipelines.inference.vector_cache import ServingFeatures
         from pipelines.taxonomy.tree import load_taxonomy
 
-        app.state.clf = classifier or TwoStage.load(settings, model_dir, mode)
+        clf = classifier or TwoStage.load(settings, model_dir, mode)
+        features = (ServingFeatures(clf.features2, limits.vector_cache_mb, limits.batch_size)
+                    if clf.features2 is not None else None)
+        app.state.clf, app.state.features, app.state.limits = clf, features, limits
         app.state.taxonomy = load_taxonomy(settings.taxonomy_path)
-        app.state.lock = threading.Lock()
+        app.state.bodies = BodyBudget(limits.max_body_bytes_in_flight)
+        app.state.images = ImageDecoder(limits, features.preprocess if features is not None else None)
+        app.state.batcher = MicroBatcher(clf, features, limits)
         app.state.started = time.time()
-        yield
+        try:
+            yield
+        finally:
+            app.state.batcher.close()
+            app.state.images.close()
 
-    app = FastAPI(title="prodcat", version="1", lifespan=lifespan,
+    return lifespan
+
+
+def _openapi(app: FastAPI):
+    """The generated document, with /classify's hand-parsed body and its responses described."""
+    from fastapi.openapi.utils import get_openapi
+
+    def build() -> dict:
+        if app.openapi_schema is None:
+            doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            body, components = openapi_components()
+            doc.setdefault("components", {}).setdefault("schemas", {}).update(components)
+            post = doc["paths"]["/classify"]["post"]
+            post["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+            one_of = [{"$ref": "#/components/schemas/Result"}, {"$ref": "#/components/schemas/BatchResult"}]
+            post["responses"] = {"200": {"description": "one Result, or BatchResult for a batch",
+                                         "content": {"application/json": {"schema": {"anyOf": one_of}}}}} | {
+                str(code): {"description": why} for code, why in ERROR_CODES.items()}
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    return build
+
+
+ERROR_CODES = {401: "missing or invalid bearer token", 408: "body not received in time", 413: "body or image too "
+               "large", 422: "invalid request (fields named)", 503: "busy: retry shortly", 504: "timed out"}
+
+
+def create_app(settings, model_dir=None, mode: str = "routed", classifier=None, limits: ServiceLimits | None = None,
+               token: str | None = None) -> FastAPI:
+    """The app for the models and taxonomy of `settings`; the models load once at startup (or pass an already
+    loaded `classifier`). With a `token`, every path but /health and /ready needs `Authorization: Bearer`."""
+    limits = limits or ServiceLimits()
+    app = FastAPI(title="prodcat", version="2", lifespan=_lifespan(settings, model_dir, mode, classifier, limits),
                   description="Two-stage product categorisation into the shared fashion taxonomy.")
-    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
-
-    @app.get("/health")
-    def health(request: Request) -> dict:
-        clf = request.app.state.clf
-        return {"status": "ok", "mode": clf.mode, "threshold": clf.info.get("threshold"),
-                "stage2": clf.info.get("stage2_source"), "stage2_strategy": clf.info.get("stage2_strategy"),
-                "uptime_s": round(time.time() - request.app.state.started, 1)}
-
-    @app.get("/taxonomy")
-    def taxonomy(request: Request) -> dict:
-        tax = request.app.state.taxonomy
-        return {"name": tax.name, "version": tax.version, "levels": tax.levels,
-                "nodes": [list(n) for n in tax.nodes], "leaves": [list(n) for n in tax.leaves()]}
-
-    @app.post("/classify", response_model=Result | BatchResult)
-    def classify(body: ProductOrBatch, request: Request):
-        """One product (-> one result) or {"products": [...]} (-> {"results": [...]})."""
-        products = body.products if isinstance(body, Batch) else [body]
-        t0 = time.perf_counter()
-        with tempfile.TemporaryDirectory() as tmp:
-            images = [_decode_image(p.image_base64, i, Path(tmp)) if p.image_base64 else None
-                      for i, p in enumerate(products)]
-            with request.app.state.lock:
-                out = request.app.state.clf.classify([p.title for p in products],
-                                                     [p.description for p in products],
-                                                     [str(i) if i else None for i in images])
-        results = [_result(p, i, row, images[i] is not None) for i, (p, (_, row)) in
-                   enumerate(zip(products, out.iterrows()))]
-        if isinstance(body, Batch):
-            return BatchResult(results=results, ms=round(1000 * (time.perf_counter() - t0), 2))
-        return results[0]
-
+    app.add_middleware(BearerAuth, token=token)
+    app.add_exception_handler(RequestRefused, _refused)
+    app.add_exception_handler(Exception, _internal)
+    app.add_api_route("/classify", _classify_route, methods=["POST"], response_class=Response)
+    app.add_api_route("/health", _health_route, methods=["GET", "HEAD"], response_class=Response)
+    app.add_api_route("/ready", _ready_route, methods=["GET", "HEAD"], response_class=Response)
+    app.add_api_route("/taxonomy", _taxonomy_route, methods=["GET"], response_class=Response)
+    app.add_api_route("/stats", _stats_route, methods=["GET"], response_class=Response)
+    app.openapi = _openapi(app)
     return app
 
 
-def _result(product: Product, index: int, row, image_given: bool) -> Result:
-    import math
-
-    conf = {k[len("conf_"):]: (None if math.isnan(float(v)) else round(float(v), 4))
-            for k, v in row.items() if k.startswith("conf_")}
-    path = list(row["category_path"])
-    return Result(product_id=product.product_id or str(index), category_path=path, category=" > ".join(path),
-                  confidence=conf, full_path=list(row["full_path"]), stage=int(row["stage"]),
-                  needs_review=bool(row["needs_review"]), image_used=image_given and int(row["stage"]) == 2)
-
-
-def serve(host: str, port: int, settings, model_dir=None, mode: str = "routed") -> int:
-    """Load the models first (a missing champion or a manifest mismatch is a clear error and exit code 2 from the
-    CLI, not a failed uvicorn startup), then serve until interrupted."""
+def uvicorn_config(app: FastAPI, host: str, port: int, limits: ServiceLimits):
+    """uvicorn with the service's guards: header deadline and size bound, keep-alive timeout, connection limit."""
     import uvicorn
 
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                          http=guarded_protocol(limits), timeout_keep_alive=limits.keep_alive_s,
+                          limit_concurrency=limits.max_connections)
+
+
+def serve(host: str, port: int, settings, model_dir=None, mode: str = "routed", token: str | None = None,
+          limits: ServiceLimits | None = None) -> int:
+    """Check the bind rule (a token beyond loopback) before anything loads, load the models (a missing champion or
+    a manifest mismatch is a clear error and exit code 2 from the CLI, not a failed uvicorn startup), then serve
+    until interrupted."""
+    import uvicorn
+
+    from pipelines.features.encoders import configure_threads
     from pipelines.inference.two_stage import TwoStage
 
+    limits = limits or ServiceLimits()
+    check_bind(host, token)
     classifier = TwoStage.load(settings, model_dir, mode)
-    uvicorn.run(create_app(settings, classifier=classifier), host=host, port=port, log_level="warning")
+    # the service's parallelism is across requests (two model workers, the event loop, image decoders): torch
+    # spreading each small micro-batch over every core costs more in synchronisation than it saves (3 ms -> 30 ms
+    # for a stage-1 batch on a busy 2-core machine)
+    configure_threads(settings.threads if settings.threads > 0 else SERVICE_THREADS)
+    app = create_app(settings, classifier=classifier, limits=limits, token=token)
+    uvicorn.Server(uvicorn_config(app, host, port, limits)).run()
     return 0
