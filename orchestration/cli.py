@@ -189,8 +189,11 @@ def main(argv=None) -> int:
     from pipelines.classify.registry import RegistryError
     from pipelines.ingest.shops import BadExport
 
+    from orchestration.run import quiet_third_party
+
     args = build_parser(sys.modules[__name__]).parse_args(argv)
     quiet_libraries()
+    quiet_third_party()
     try:
         return args.fn(args)
     except (BadExport, FileNotFoundError, NotADirectoryError, PermissionError, ValueError, RegistryError) as e:
