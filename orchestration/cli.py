@@ -101,7 +101,14 @@ def cmd_classify(args) -> int:
 def cmd_serve(args) -> int:
     from pipelines.inference.service import serve
 
-    return serve(args.host, args.port, build_settings(args), model_dir=args.model, mode=args.stage)
+    token = args.token or os.environ.get("PRODCAT_TOKEN") or None  # required to bind beyond loopback
+    return serve(args.host, args.port, build_settings(args), model_dir=args.model, mode=args.stage, token=token)
+
+
+def cmd_bench_serve(args) -> int:
+    from pipelines.bench.serve import main as bench
+
+    return bench(args, build_settings(args))
 
 
 def cmd_recategorise(args) -> int:

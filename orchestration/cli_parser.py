@@ -67,6 +67,19 @@ def add_bench_commands(sub, commands) -> None:
     b.add_argument("--concurrency", type=int, default=4, help="concurrent loopback clients")
     b.add_argument("--data", default="", help="'sample' (default), 'benchmark' or a raw-export directory")
     b.set_defaults(fn=commands.cmd_bench_infer)
+    b = bench.add_parser("serve", help="the HTTP service under bounded loopback load: req/s, p50/p99 and RSS for a "
+                                       "text-only and a mixed (80%% single, 20%% batches of 16) load, and a soak")
+    b.add_argument("--requests", type=int, default=3000, help="requests per measured phase")
+    b.add_argument("--concurrency", type=int, default=16, help="concurrent loopback clients")
+    b.add_argument("--products", type=int, default=2000, help="sample products the request bodies are drawn from")
+    b.add_argument("--soak", type=int, default=10_000, help="requests of the RSS soak (0: none)")
+    b.add_argument("--soak-seconds", type=float, default=600, help="time bound of the soak")
+    b.add_argument("--max-seconds", type=float, default=300, help="time bound of each measured phase")
+    b.add_argument("--model", default=None, help="stage-2 model dir (default: the registered champion)")
+    b.add_argument("--stage", choices=["routed", "stage1", "stage2"], default="routed")
+    b.add_argument("--data", default="", help="models of 'sample' (default) or 'benchmark' (or a data dir)")
+    b.add_argument("--out", default="", help="also write the figures as JSON here")
+    b.set_defaults(fn=commands.cmd_bench_serve)
 
 
 
@@ -87,6 +100,8 @@ def add_model_commands(sub, commands) -> None:
     p.add_argument("--model", default=None, help="stage-2 model dir (default: the registered champion); with --stage stage1: the stage-1 model dir")
     p.add_argument("--stage", choices=["routed", "stage1", "stage2"], default="routed")
     p.add_argument("--data", default="", help="models of 'sample' (default) or 'benchmark' (or a data dir)")
+    p.add_argument("--token", default=None, help="bearer token every request but /health and /ready must carry "
+                   "(default: $PRODCAT_TOKEN); required to bind beyond loopback")
     p.set_defaults(fn=commands.cmd_serve)
 
 
