@@ -82,6 +82,6 @@ def main(args, settings) -> int:
     for k, v in report["batch"].items():
         print(f"| batch {k} | {v['items']} | {v['items_per_s']} | {100 * v['routed_share']:.1f} |")
     s = report["service"]
-    print(f"\nservice: {s['requests']} requests, {s['concurrency']} clients: p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms, "
-          f"{s['requests_per_s']} req/s, errors {s['errors']}")
+    print(f"\nservice: {s['requests']} requests, {s['concurrency']} clients: p50 {s['p50_ms']} ms, "
+          f"p99 {s['p99_ms']} ms, {s['requests_per_s']} req/s, errors {s['errors']}")
     return 0

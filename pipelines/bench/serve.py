@@ -133,6 +133,7 @@ class Server:
 @dataclass
 class LoadResult:
     latencies_ms: list = field(default_factory=list)
+    single_ms_by_stage: dict = field(default_factory=lambda: {1: [], 2: []})  # single-product requests only
     statuses: dict = field(default_factory=dict)
     products: int = 0
     stage2: int = 0
@@ -147,6 +148,8 @@ class LoadResult:
                 "seconds": round(self.seconds, 2), "requests_per_s": round(ok / self.seconds, 1) if self.seconds else 0,
                 "products_per_s": round(self.products / self.seconds, 1) if self.seconds else 0,
                 "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99), "max_ms": pct(100),
+                "single_p99_ms_by_stage": {str(k): round(float(np.percentile(v, 99)), 1) if v else None
+                                           for k, v in self.single_ms_by_stage.items()},
                 "stage2_share": round(self.stage2 / self.products, 4) if self.products else None}
 
 
@@ -180,6 +183,8 @@ def drive(url: str, bodies: list[bytes], clients: int, max_seconds: float, token
             result.statuses[status] = result.statuses.get(status, 0) + 1
             if status == 200:
                 result.latencies_ms.append(ms)
+                if "results" not in doc:
+                    result.single_ms_by_stage[doc["stage"]].append(ms)
                 result.products += len(results)
                 result.stage2 += sum(1 for x in results if x.get("stage") == 2)
 
@@ -259,13 +264,15 @@ def run_bench(settings, args) -> dict:
 
 
 def summary_lines(report: dict) -> list[str]:
-    lines = ["| load | clients | requests | ok | req/s | products/s | p50 ms | p99 ms | stage 2 % | errors |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| load | clients | requests | ok | req/s | products/s | p50 ms | p99 ms | single p99 ms, stage 1 / 2 | "
+             "stage 2 % | errors |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in ("text", "mixed"):
         r = report[name]
         share = "-" if r["stage2_share"] is None else f"{100 * r['stage2_share']:.1f}"
+        by_stage = " / ".join(str(r["single_p99_ms_by_stage"][k] or "-") for k in ("1", "2"))
         lines.append(f"| {name} | {r['clients']} | {r['requests']} | {r['ok']} | {r['requests_per_s']} | "
-                     f"{r['products_per_s']} | {r['p50_ms']} | {r['p99_ms']} | {share} | {r['errors'] or 0} |")
+                     f"{r['products_per_s']} | {r['p50_ms']} | {r['p99_ms']} | {by_stage} | {share} | "
+                     f"{r['errors'] or 0} |")
     rss = ", ".join(f"{s['requests']}: {s['rss_mb']}" for s in report["rss"])
     lines += ["", f"server RSS (MB) by requests answered: {rss} -> flat: {report['rss_flat']}", "",
               "targets: " + "; ".join(f"{k}: {'met' if v else ('n/a' if v is None else 'NOT met')}"

@@ -7,8 +7,8 @@ products per second in batch. Here a request only enqueues its products and awai
 - the stage-1 worker thread takes up to `batch_size` products from any requests (waiting at most `batch_wait_ms`
   for more once it has one), computes their lexical features, runs stage 1 on the batch and answers the confident
   products at once; the uncertain ones go to the stage-2 queue with their lexical features;
-- the stage-2 worker thread batches those the same way, computes their text/image/joint vectors (vector_cache.py)
-  and runs stage 2.
+- the stage-2 worker thread batches those the same way (up to `stage2_batch_size`), computes their text/image/joint
+  vectors (vector_cache.py) and runs stage 2.
 
 A big request is split across batches, so a product sent alone is never stuck behind one long request's stage 2,
 and stage-1 answers never wait for stage-2 work. Admission is bounded (`max_items_in_flight`, 503 beyond); a
@@ -17,10 +17,11 @@ TwoStage.classify (lexical features, routing threshold, abstention), applied per
 
 Batch invariance: a matrix product's last bits depend on its row count (MKL picks other kernels for 1, 5 or 13
 rows), and answers are rounded to 4 decimals, so a product's confidence could read 0.8794 alone and 0.8795 beside
-others. Every model call here therefore sees exactly `batch_size` rows (zero rows with no modality available fill
-the rest; each row's result is then independent of its neighbours and its position), and a product gets the same
-path and confidences whether it is classified alone, in a request's batch or among other requests' products. The
-lexical features are row-wise already; text and image vectors come from the store or the LRU (vector_cache.py).
+others. Every model call of a stage here therefore sees exactly that stage's batch size in rows (zero rows with no
+modality available fill the rest; each row's result is then independent of its neighbours and its position), and
+a product gets the same path and confidences whether it is classified alone, in a request's batch or among other
+requests' products. The lexical features are row-wise already; text and image vectors come from the store or the
+LRU (vector_cache.py).
 """
 from __future__ import annotations
 
@@ -165,10 +166,11 @@ class MicroBatcher:
             self.in_flight -= n
 
     def _loop(self, stage: str) -> None:
-        q, run = (self.q1, self._stage1) if stage == "stage1" else (self.q2, self._stage2)
+        q, run, size = ((self.q1, self._stage1, self.limits.batch_size) if stage == "stage1"
+                        else (self.q2, self._stage2, self.limits.stage2_batch_size))
         wait_s = self.limits.batch_wait_ms / 1000
         while True:
-            items = take_batch(q, self.limits.batch_size, wait_s)
+            items = take_batch(q, size, wait_s)
             if items and items[0] is STOP:
                 return
             live = [it for it in items if not it.job.cancelled]
@@ -223,7 +225,7 @@ class MicroBatcher:
         features, available = self.features([it.text for it in items], [it.image for it in items])
         features["lexical"] = np.stack([it.lex for it in items])
         available["lexical"] = np.array([it.ok for it in items], bool)
-        p2 = predict_rows(self.clf.stage2, features, available, self.limits.batch_size)
+        p2 = predict_rows(self.clf.stage2, features, available, self.limits.stage2_batch_size)
         for j, it in enumerate(items):
             it.path, it.conf = tuple(p2.paths[j]), p2.conf[j]
         self._answer(items, 2)

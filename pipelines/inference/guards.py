@@ -55,7 +55,8 @@ class ServiceLimits:
     max_items_in_flight: int = 2048  # products queued or being classified: 503 beyond
     max_images_in_flight: int = 256  # decoded (preprocessed) images waiting for stage 2: 503 beyond
     image_decoders: int = 2  # threads that decode images, off the event loop
-    batch_size: int = 64  # micro-batch: products per model call
+    batch_size: int = 64  # stage-1 micro-batch: products per model call (every call has exactly this many rows)
+    stage2_batch_size: int = 16  # stage-2 micro-batch: its work per product is heavier, its batches smaller
     batch_wait_ms: float = 2.0  # micro-batch: how long a worker waits for more products once it has one
     vector_cache_mb: int = 64  # per encoder: stage-2 vectors of recent products, in memory (LRU)
 

@@ -137,7 +137,7 @@ def _lifespan(settings, model_dir, mode, classifier, limits):
         from pipelines.taxonomy.tree import load_taxonomy
 
         clf = classifier or TwoStage.load(settings, model_dir, mode)
-        features = (ServingFeatures(clf.features2, limits.vector_cache_mb, limits.batch_size)
+        features = (ServingFeatures(clf.features2, limits.vector_cache_mb, limits.stage2_batch_size)
                     if clf.features2 is not None else None)
         app.state.clf, app.state.features, app.state.limits = clf, features, limits
         app.state.taxonomy = load_taxonomy(settings.taxonomy_path)
