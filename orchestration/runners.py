@@ -112,6 +112,10 @@ def run_on_executor(executor: str, settings: Settings, defs, assets: tuple[str, 
     """One stage as a run on `executor` (multiprocess / dask); same contract as `run_in_process`."""
     from dagster import build_reconstructable_job, execute_job
 
+    from orchestration.partitions import register_shops_of
+
+    register_shops_of(defs, instance)
+
     recon = build_reconstructable_job("orchestration.runners", "stage_job",
                                       reconstructable_args=(executor, tuple(sorted(assets)), settings_json(settings)))
     tags = {"dagster/partition": partition_key} if partition_key else {}
