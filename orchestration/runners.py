@@ -48,9 +48,6 @@ def _raise_on_failure(result, assets, partition_key, where: str = ""):
 
 def run_in_process(defs, assets: tuple[str, ...], instance, partition_key: str | None = None):
     """Materialise `assets` (and their checks) for one partition key in this process."""
-    from orchestration.partitions import register_shops_of
-
-    register_shops_of(defs, instance)
     everything = list(defs.assets or []) + list(defs.asset_checks or [])
     result = materialize(everything, selection=AssetSelection.assets(*assets), instance=instance,
                          resources=dict(defs.resources or {}), partition_key=partition_key, raise_on_error=False,
@@ -112,9 +109,6 @@ def run_on_executor(executor: str, settings: Settings, defs, assets: tuple[str, 
     """One stage as a run on `executor` (multiprocess / dask); same contract as `run_in_process`."""
     from dagster import build_reconstructable_job, execute_job
 
-    from orchestration.partitions import register_shops_of
-
-    register_shops_of(defs, instance)
 
     recon = build_reconstructable_job("orchestration.runners", "stage_job",
                                       reconstructable_args=(executor, tuple(sorted(assets)), settings_json(settings)))

@@ -5,7 +5,6 @@ import pytest
 from dagster import AssetKey, AssetSelection, DagsterInstance, materialize
 
 from orchestration.definitions import build_definitions
-from orchestration.partitions import register_shops_of
 from orchestration.runners import run_in_process
 from pipelines.settings import SAMPLE_DIR, Settings
 
@@ -47,7 +46,6 @@ def test_broken_export_fails_the_blocking_check(defs_tmp):
     # every H&M image removed: the product table is still produced but the GX image expectation must block
     shutil.rmtree(data / "hm" / "images")
     instance = DagsterInstance.ephemeral()
-    register_shops_of(defs, instance)  # shops are dynamic partitions
     assets = list(defs.assets) + list(defs.asset_checks)
     res = materialize(assets, selection=AssetSelection.assets("normalized_products"), instance=instance,
                       resources=defs.resources, partition_key="hm", raise_on_error=False)
@@ -182,22 +180,3 @@ def test_run_summary_says_figures_warnings_and_where_to_look(tmp_path):
     assert "best model (test hF1): late 97.12%; best baseline tfidf_svm 97.55%" in text
     assert "warning: beats_best_baseline[late] val_hF1=0.97, best_baseline_val_hF1=0.975" in text
     assert "FAILED" not in text and str(report / "benchmark.md") in text and "make ui" in text
-
-
-def test_shops_are_dynamic_partitions_found_from_contracts_and_exports(tmp_path):
-    """A shop is a partition once its column contract and its export folder exist: no code change."""
-    from orchestration.partitions import known_shops, shop_keys
-
-    raw = tmp_path / "raw"
-    shutil.copytree(SAMPLE_DIR / "hm", raw / "hm")
-    contracts = tmp_path / "shops"
-    contracts.mkdir()
-    for shop in ("hm", "acme"):
-        (contracts / f"{shop}.yaml").write_text("shop: x\n")
-    assert known_shops(raw, contracts) == ["hm"]  # acme has a contract but no export yet
-    (raw / "acme").mkdir()
-    assert known_shops(raw, contracts) == ["hm", "acme"]
-    defs = build_definitions(Settings(data_root=raw, work_dir=tmp_path / "work"))
-    instance = DagsterInstance.ephemeral()
-    assert register_shops_of(defs, instance) == ["hm"] and shop_keys(instance) == ["hm"]
-    assert register_shops_of(defs, instance) == []  # idempotent
