@@ -328,7 +328,7 @@ def _registered_work(two_stage_models, clean_work, work: Path) -> str:
 def test_a_copied_work_dir_uses_its_own_champion_never_the_other_trees(two_stage_models, clean_work, tmp_path):
     """Item 8: the registry records artefacts by absolute path, so a copied work dir loaded its champion from the
     original tree: altered there, the copy silently classified with the other tree's model."""
-    from pipelines.classify.manifest import files_sha256
+    from pipelines.files import sha256_of_files
     from pipelines.classify.registry import ForeignArtifacts
     from pipelines.inference.calibration import weights_sha
 
@@ -348,7 +348,7 @@ def test_a_copied_work_dir_uses_its_own_champion_never_the_other_trees(two_stage
     assert clf.info["stage2_strategy"] == "early" and clf.info["stage2_calibrated"]
     champion = next((copy / "registry_cache").rglob("model.json")).parent
     assert weights_sha(champion) == weights_sha(own) and champion.is_relative_to(copy)
-    assert files_sha256(champion / "model.safetensors") != files_sha256(registered / "model.safetensors")
+    assert sha256_of_files(champion / "model.safetensors") != sha256_of_files(registered / "model.safetensors")
 
     # the copy without its own registered files: refused, never the original's
     shutil.rmtree(copy / "mlartifacts")
