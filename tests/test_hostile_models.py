@@ -296,7 +296,7 @@ def test_bad_model_file_via_cli_exits_2_before_reading_the_export(two_stage_mode
     export.mkdir()
     (export / "styles.csv").write_bytes(b"\x00\x01 not a csv")  # would fail too, but only once it is read
     proc = cli(["--platform", "myntra", "--input", export, "--out", tmp_path / "p.csv", "--stage", "stage1"],
-               tmp_path / "work", timeout=180)
+               tmp_path / "work", timeout=900)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert str(path) in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "p.csv").exists()
@@ -356,7 +356,7 @@ def test_a_copied_work_dir_uses_its_own_champion_never_the_other_trees(two_stage
     with pytest.raises(ForeignArtifacts, match="outside this store's artifact root.*--model DIR"):
         TwoStage.load(settings, mode="stage2")
     proc = cli(["--platform", "myntra", "--input", MYNTRA, "--out", tmp_path / "p.csv", "--stage", "stage2"], copy,
-               timeout=180)
+               timeout=900)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "--model DIR" in proc.stderr, proc.stderr
     assert not (tmp_path / "p.csv").exists()
 
