@@ -7,6 +7,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_tracking_uri_restored():
+    """`mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI into os.environ (so that subprocesses inherit it):
+    a test that points mlflow at its own, later stopped, server must not send the next tests' CLI subprocesses there."""
+    import sys
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(before)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 @pytest.fixture(scope="session")
 def sample_work(tmp_path_factory):
     """The sample materialised through Dagster up to the joint and lexical embeddings, once per test session, in the

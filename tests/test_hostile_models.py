@@ -25,6 +25,7 @@ FORMULA = ("=", "+", "-", "@")
 
 def cli(args, work, timeout=300, **kwargs):
     env = {**os.environ, "PRODCAT_WORK": str(work), "PRODCAT_QUIET": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the store is the work dir's own
     return subprocess.run([sys.executable, "-m", "orchestration.cli", "classify", "--quiet", *map(str, args)],
                           env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT, **kwargs)
 
