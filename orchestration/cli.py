@@ -154,10 +154,17 @@ def cmd_onboard(args) -> int:
 
 
 def _register_onboarded_shop(shop: str, settings: Settings) -> None:
-    """How the onboarded shop joins training: its export under the data root, a contract, a mapping table."""
-    print(f"to train on {shop!r} too: put its export under {settings.data_root / shop}/ with a contract "
-          f"data/shops/{shop}.yaml (format: google-tsv | google-xml | shopify | csv ...), accept its mapping table, "
-          f"add it to PLATFORMS (pipelines/settings.py) and run `prodcat run`")
+    """A shop whose export and contract are in the data root becomes a Dagster partition now; otherwise say how."""
+    from orchestration.partitions import known_shops, register_shops
+    from orchestration.runners import project_instance
+
+    if shop in known_shops(settings.data_root, settings.shops_dir):
+        with project_instance(dagster_home()) as instance:
+            register_shops(instance, [shop])
+        print(f"registered shop {shop!r} as a partition of the pipeline")
+    else:
+        print(f"to train on {shop!r} too: put its export under {settings.data_root / shop}/ with a contract "
+              f"data/shops/{shop}.yaml (format: google-tsv | google-xml | shopify | csv ...) and run `prodcat run`")
 
 
 def cmd_onboard_measure(args) -> int:

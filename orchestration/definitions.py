@@ -21,7 +21,7 @@ ASSET_MODULES = [catalogue, embeddings, classifiers, holdout, inference, recateg
 # the settings each asset's result depends on: folded into its code version, so changing one (a new seed, another
 # encoder or taxonomy) marks exactly these assets, and what reads them, stale in the UI
 SETTINGS_IN_CODE_VERSION = {
-    "normalized_products": ("taxonomy_path",),
+    "normalized_products": ("taxonomy_path", "shops_dir", "mappings_dir"),
     "text_embeddings": ("text_encoder",),
     "image_embeddings": ("image_encoder",),
     "baselines": ("seed", "taxonomy_path"),

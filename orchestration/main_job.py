@@ -79,6 +79,9 @@ def run_plan(defs, plan: list[Stage], instance, run: StageRunner = run_in_proces
     """Run every stage of `plan` for each of its partition keys. -> {asset[partition]: scalar metadata}, plus
     '__checks__': [(check, partition, passed, severity, metadata)] for the run summary.
     `progress(total, desc)` returns a bar with update()/close() (tqdm-like) or None for none."""
+    from orchestration.partitions import register_shops_of
+
+    register_shops_of(defs, instance)  # shops are dynamic partitions: the data root's shops, before planning keys
     summary: dict = {"__checks__": []}
     for stage in plan:
         keys = stage.partition_keys(instance)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from dagster import ConfigurableResource
 
-from pipelines.settings import Settings
+from pipelines.settings import PATH_FIELDS, Settings
 
 
 class ProdcatSettings(ConfigurableResource):
@@ -26,6 +26,8 @@ class ProdcatSettings(ConfigurableResource):
     dask_workers: int = 2
     dask_shard_resources: str = ""
     fetch_images: bool = True
+    shops_dir: str = str(Settings.shops_dir)
+    mappings_dir: str = str(Settings.mappings_dir)
 
     @classmethod
     def of(cls, settings: Settings) -> "ProdcatSettings":
@@ -34,8 +36,10 @@ class ProdcatSettings(ConfigurableResource):
     @property
     def value(self) -> Settings:
         fields = {k: getattr(self, k) for k in Settings.__dataclass_fields__}
-        for k in ("data_root", "work_dir", "taxonomy_path", "weights_cache"):
-            fields[k] = Path(fields[k]) if fields[k] else Settings.__dataclass_fields__[k].default_factory()
+        for k in PATH_FIELDS:
+            default = Settings.__dataclass_fields__[k]
+            fields[k] = Path(fields[k]) if fields[k] else (default.default_factory() if k == "weights_cache" else
+                                                           default.default)
         return Settings(**fields)
 
     def work(self, *parts: str) -> Path:

@@ -21,7 +21,7 @@ from typing import Callable
 
 from dagster import AssetSelection, DagsterInstance, materialize
 
-from pipelines.settings import ROOT, Settings
+from pipelines.settings import PATH_FIELDS, ROOT, Settings
 
 EXECUTORS = ("in_process", "multiprocess", "dask")
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -48,6 +48,9 @@ def _raise_on_failure(result, assets, partition_key, where: str = ""):
 
 def run_in_process(defs, assets: tuple[str, ...], instance, partition_key: str | None = None):
     """Materialise `assets` (and their checks) for one partition key in this process."""
+    from orchestration.partitions import register_shops_of
+
+    register_shops_of(defs, instance)
     everything = list(defs.assets or []) + list(defs.asset_checks or [])
     result = materialize(everything, selection=AssetSelection.assets(*assets), instance=instance,
                          resources=dict(defs.resources or {}), partition_key=partition_key, raise_on_error=False,
@@ -63,9 +66,9 @@ def executor_def(name: str):
     if name == "multiprocess":
         return multiprocess_executor
     if name == "dask":
-        from dagster_dask import dask_executor
+        from orchestration.dask_executor import partition_safe_dask_executor
 
-        return dask_executor
+        return partition_safe_dask_executor
     raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {name!r}")
 
 
@@ -86,7 +89,7 @@ def settings_json(settings: Settings) -> str:
 
 def settings_of_json(text: str) -> Settings:
     values = json.loads(text)
-    for k in ("data_root", "work_dir", "taxonomy_path", "weights_cache"):
+    for k in PATH_FIELDS:
         values[k] = Path(values[k])
     return Settings(**values)
 
@@ -109,6 +112,9 @@ def run_on_executor(executor: str, settings: Settings, defs, assets: tuple[str, 
     """One stage as a run on `executor` (multiprocess / dask); same contract as `run_in_process`."""
     from dagster import build_reconstructable_job, execute_job
 
+    from orchestration.partitions import register_shops_of
+
+    register_shops_of(defs, instance)
 
     recon = build_reconstructable_job("orchestration.runners", "stage_job",
                                       reconstructable_args=(executor, tuple(sorted(assets)), settings_json(settings)))

@@ -10,7 +10,7 @@ from dagster import (AssetKey, AssetSelection, AutomationCondition, AutomationCo
                      map_asset_specs, sensor)
 
 from orchestration.assets.catalogue import export_fingerprint
-from orchestration.partitions import platform_partitions
+from orchestration.partitions import known_shops, platform_partitions, register_shops, shop_keys
 from orchestration.resources import ProdcatSettings
 
 RETRAIN_CRON = "0 3 * * 1"  # Mondays 03:00 UTC
@@ -40,14 +40,15 @@ weekly_retraining = AutomationConditionSensorDefinition(
 
 
 def drop_fingerprints(settings: ProdcatSettings) -> dict:
-    """{platform: export fingerprint} for every platform whose export file is present in the data root."""
+    """{shop: export fingerprint} for every shop with a column contract whose export file is in the data root
+    (a new shop folder counts too: the sensor registers it as a partition)."""
     from pipelines.ingest.shops import get_adapter
 
     found = {}
-    for platform in platform_partitions.get_partition_keys():
-        raw = settings.raw_dir(platform)
-        if (raw / get_adapter(platform).EXPORT_FILE).is_file():
-            found[platform] = export_fingerprint(raw)
+    for shop in known_shops(settings.value.data_root, settings.value.shops_dir):
+        raw = settings.raw_dir(shop)
+        if (raw / get_adapter(shop, settings.value.shops_dir).EXPORT_FILE).is_file():
+            found[shop] = export_fingerprint(raw)
     return found
 
 
@@ -92,6 +93,8 @@ def drop_backfill(asset_graph, platforms: list[str]) -> RunRequest:
         description="Watches <data root>/<platform>/ (PRODCAT_DATA); a new or changed export (CSV bytes, image "
                     "listing) backfills that platform's normalized_products partition and everything downstream.")
 def raw_export_drop(context: SensorEvaluationContext, settings: ProdcatSettings):
+    from dagster import partition_loading_context
+
     seen = json.loads(context.cursor) if context.cursor else {}
     now = drop_fingerprints(settings)
     changed = sorted(p for p, fingerprint in now.items() if seen.get(p) != fingerprint)
@@ -100,4 +103,8 @@ def raw_export_drop(context: SensorEvaluationContext, settings: ProdcatSettings)
         return SensorResult(skip_reason=SkipReason(f"no new or changed export under {settings.raw_dir('')}"),
                             cursor=cursor)
     context.log.info(f"changed exports: {changed}")
-    return SensorResult(run_requests=[drop_backfill(context.repository_def.asset_graph, changed)], cursor=cursor)
+    new = [s for s in now if s not in set(shop_keys(context.instance))]
+    register_shops(context.instance, new)  # before planning: the backfill's partitions must exist
+    with partition_loading_context(dynamic_partitions_store=context.instance):
+        request = drop_backfill(context.repository_def.asset_graph, changed)
+    return SensorResult(run_requests=[request], cursor=cursor)

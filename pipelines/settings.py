@@ -29,9 +29,10 @@ ENVIRONMENT = {
     "PRODCAT_LOADER_WORKERS": "loader_workers", "PRODCAT_CACHE": "weights_cache",
     "PRODCAT_DASK_SCHEDULER": "dask_scheduler", "PRODCAT_DASK_WORKERS": "dask_workers",
     "PRODCAT_DASK_SHARD_RESOURCES": "dask_shard_resources", "PRODCAT_QUIET": "quiet",
-    "PRODCAT_FETCH_IMAGES": "fetch_images",
+    "PRODCAT_FETCH_IMAGES": "fetch_images", "PRODCAT_SHOPS": "shops_dir", "PRODCAT_MAPPINGS": "mappings_dir",
 }
 INT_FIELDS = {"seed", "threads", "loader_workers", "dask_workers"}
+PATH_FIELDS = ("data_root", "work_dir", "taxonomy_path", "weights_cache", "shops_dir", "mappings_dir")
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,11 @@ class Settings:
     dask_workers: int = 2
     dask_shard_resources: str = ""
     fetch_images: bool = True  # http(s) image links of feeds are downloaded (once, bounded); False: never
+    shops_dir: Path = DATA / "shops"  # column contracts <shop>.yaml: a shop with one and an export is a partition
+    mappings_dir: Path = MAPPINGS_DIR  # native category -> taxonomy tables <shop>.csv
 
     def __post_init__(self):
-        for name in ("data_root", "work_dir", "taxonomy_path", "weights_cache"):  # accept str paths too
+        for name in PATH_FIELDS:  # accept str paths too
             object.__setattr__(self, name, Path(getattr(self, name)))
 
     @property
@@ -105,7 +108,7 @@ def _coerce(name: str, value):
         return int(text)
     if name in ("quiet", "fetch_images"):
         return str(value).strip().lower() in ("1", "true", "yes", "on") if not isinstance(value, bool) else value
-    if name in ("taxonomy_path", "weights_cache", "work_dir"):
+    if name in PATH_FIELDS and name != "data_root":
         return Path(value).expanduser().resolve()
     return value
 

@@ -42,13 +42,20 @@ def _result(world, holdout, strategy):
 
 
 def test_partition_mapping_trains_on_the_other_shops(holdout_world):
+    """Shops are dynamic partitions: a training side reads every registered shop and keeps the others' rows only;
+    an evaluation cell reads its own shop's products only."""
+    from dagster import partition_loading_context
+
     graph = holdout_world["defs"].resolve_asset_graph()
     up = graph.get_parent_partition_keys_for_child
-    for h in PLATFORMS:
-        parents = up(h, AssetKey("normalized_products"), AssetKey("holdout_training_set")).partitions_subset
-        assert set(parents.get_partition_keys()) == set(PLATFORMS) - {h}
-        evals = up(_cell(h, "early"), AssetKey("normalized_products"), AssetKey("holdout_evaluations"))
-        assert set(evals.partitions_subset.get_partition_keys()) == {h}  # evaluated on its own products only
+    with partition_loading_context(dynamic_partitions_store=holdout_world["instance"]):
+        for h in PLATFORMS:
+            parents = up(h, AssetKey("normalized_products"), AssetKey("holdout_training_set")).partitions_subset
+            assert set(parents.get_partition_keys()) == set(PLATFORMS)
+            summary = pd.read_parquet(holdout_world["root"] / "work" / "assets" / "holdout_training_set" / f"{h}.parquet")
+            assert set(json.loads(summary["training_platforms"].iloc[0])) == set(PLATFORMS) - {h}
+            evals = up(_cell(h, "early"), AssetKey("normalized_products"), AssetKey("holdout_evaluations"))
+            assert set(evals.partitions_subset.get_partition_keys()) == {h}  # evaluated on its own products only
 
 
 def test_unseen_shop_metrics_and_missing_modalities(holdout_world):
@@ -96,9 +103,15 @@ def test_changing_one_shop_stales_only_what_reads_it(holdout_world):
     raw.to_csv(csv, index=False)
     run_in_process(world["defs"], ("normalized_products",), world["instance"], "hm")
     training, cells = _stale(world)
-    assert training == {"myntra": "STALE", "flipkart": "STALE", "hm": "FRESH"}  # H&M trains the other two holdouts
+    # shops are dynamic partitions, so a training side reads every shop and drops its own: all three are stale
+    assert training == {"myntra": "STALE", "flipkart": "STALE", "hm": "STALE"}
     assert cells[str(_cell("hm", "text"))] == "STALE"  # H&M is that cell's unseen shop
     assert cells[str(_cell("myntra", "text"))] == "FRESH"  # reads H&M only through its (not yet rebuilt) training side
+    # rebuilding H&M's own training side reads H&M's rows only to drop them: same content hash, so its data version
+    # is unchanged and only the cells that read H&M's products stay stale
+    run_in_process(world["defs"], ("holdout_training_set",), world["instance"], "hm")
+    training, cells = _stale(world)
+    assert training["hm"] == "FRESH" and cells[str(_cell("hm", "text"))] == "STALE"
 
 
 def test_report_matrix_gap_and_heatmap(tmp_path):

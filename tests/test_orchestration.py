@@ -1,10 +1,12 @@
 """Dagster definitions materialise into a temp dir, checks block, and lineage/data versions behave."""
 import shutil
 
+import pandas as pd
 import pytest
 from dagster import AssetKey, AssetSelection, DagsterInstance, materialize
 
 from orchestration.definitions import build_definitions
+from orchestration.partitions import register_shops_of
 from orchestration.runners import run_in_process
 from pipelines.settings import SAMPLE_DIR, Settings
 
@@ -46,6 +48,7 @@ def test_broken_export_fails_the_blocking_check(defs_tmp):
     # every H&M image removed: the product table is still produced but the GX image expectation must block
     shutil.rmtree(data / "hm" / "images")
     instance = DagsterInstance.ephemeral()
+    register_shops_of(defs, instance)  # shops are dynamic partitions
     assets = list(defs.assets) + list(defs.asset_checks)
     res = materialize(assets, selection=AssetSelection.assets("normalized_products"), instance=instance,
                       resources=defs.resources, partition_key="hm", raise_on_error=False)
@@ -180,3 +183,39 @@ def test_run_summary_says_figures_warnings_and_where_to_look(tmp_path):
     assert "best model (test hF1): late 97.12%; best baseline tfidf_svm 97.55%" in text
     assert "warning: beats_best_baseline[late] val_hF1=0.97, best_baseline_val_hF1=0.975" in text
     assert "FAILED" not in text and str(report / "benchmark.md") in text and "make ui" in text
+
+
+def test_a_new_shop_is_a_partition_from_its_contract_and_export_with_no_code_change(tmp_path):
+    """A fourth shop ('acme': H&M's sample export under another name) with its contract and mapping table in the
+    Settings' folders becomes a dynamic partition; its normalisation runs and its leave-one-platform-out cells
+    exist, without a line of code naming it."""
+    from orchestration.partitions import known_shops, shop_keys
+    from pipelines.settings import DATA, MAPPINGS_DIR
+
+    raw, shops, mappings = tmp_path / "raw", tmp_path / "shops", tmp_path / "mappings"
+    shops.mkdir()
+    mappings.mkdir()
+    shutil.copytree(SAMPLE_DIR / "hm", raw / "hm")
+    for shop in ("hm", "acme"):
+        (shops / f"{shop}.yaml").write_text((DATA / "shops" / "hm.yaml").read_text().replace("shop: hm", f"shop: {shop}"))
+        shutil.copy(MAPPINGS_DIR / "hm.csv", mappings / f"{shop}.csv")
+    assert known_shops(raw, shops) == ["hm"]  # acme has a contract but no export yet
+    shutil.copytree(SAMPLE_DIR / "hm", raw / "acme")
+    assert known_shops(raw, shops) == ["hm", "acme"]
+
+    defs = build_definitions(Settings(data_root=raw, work_dir=tmp_path / "work", shops_dir=shops,
+                                      mappings_dir=mappings, quiet=True))
+    instance = DagsterInstance.ephemeral()
+    assert register_shops_of(defs, instance) == ["hm", "acme"] and shop_keys(instance) == ["hm", "acme"]
+    assert register_shops_of(defs, instance) == []  # idempotent
+    summary = run_in_process(defs, ("normalized_products",), instance, "acme")
+    acme = pd.read_parquet(tmp_path / "work" / "assets" / "normalized_products" / "acme.parquet")
+    hm_rows = len(pd.read_csv(raw / "hm" / "articles.csv"))
+    assert set(acme["platform"]) == {"acme"} and 0 < len(acme) <= hm_rows
+    assert summary  # the run reported its metadata
+    cells = defs.resolve_asset_graph().get(AssetKey("holdout_evaluations")).partitions_def
+    from dagster import partition_loading_context
+
+    with partition_loading_context(dynamic_partitions_store=instance):
+        keys = cells.get_partition_keys()
+    assert {k.keys_by_dimension["holdout"] for k in keys} == {"hm", "acme"}

@@ -9,6 +9,7 @@ from dagster import (AssetKey, AssetMaterialization, DagsterInstance, build_sens
 
 from orchestration.definitions import build_definitions
 from orchestration.schedules import DROP_TARGET, RETRAIN, raw_export_drop, weekly_retraining
+from orchestration.partitions import register_shops
 from pipelines.settings import PLATFORMS, SAMPLE_DIR, Settings
 
 NP = AssetKey("normalized_products")
@@ -77,9 +78,11 @@ def test_drop_sensor_sees_image_changes_and_new_platforms(drop, tmp_path):
 
 def _materialise_everything(defs, instance):
     graph = defs.resolve_asset_graph()
+    register_shops(instance, PLATFORMS)
     for key in graph.materializable_asset_keys:
         node = graph.get(key)
-        for partition in node.partitions_def.get_partition_keys() if node.partitions_def else [None]:
+        keys = node.partitions_def.get_partition_keys(dynamic_partitions_store=instance) if node.partitions_def else [None]
+        for partition in keys:
             instance.report_runless_asset_event(AssetMaterialization(key, partition=partition))
 
 
@@ -98,7 +101,7 @@ def test_weekly_retrain_fires_once_after_monday_3am(tmp_path):
                               if result.get_num_requested(k)})
         graph = defs.resolve_asset_graph()
         # the models and everything computed from them (report, routing threshold, ...), every partition
-        monday = {k.to_user_string(): len(graph.get(k).partitions_def.get_partition_keys())
+        monday = {k.to_user_string(): len(graph.get(k).partitions_def.get_partition_keys(dynamic_partitions_store=instance))
                   if graph.get(k).partitions_def else 1 for k in RETRAIN.resolve(graph)}
         assert {"classifiers": 6, "baselines": 1, "benchmark_report": 1}.items() <= monday.items()
         assert requested == [{}, {}, {}, monday, {}, {}, monday]

@@ -7,7 +7,7 @@ import pandas as pd
 from dagster import (AssetExecutionContext, AssetIn, DataVersion, DataVersionsByPartition, MetadataValue, Output,
                      asset, observable_source_asset)
 
-from orchestration.partitions import platform_partitions
+from orchestration.partitions import platform_partitions, shop_keys
 from orchestration.resources import ProdcatSettings
 from pipelines.ingest import catalogue as cat
 from pipelines.ingest.normalize import normalize_platform
@@ -29,9 +29,9 @@ def export_fingerprint(raw_dir) -> str:
 
 @observable_source_asset(partitions_def=platform_partitions, group_name="catalogue",
                          description="A shop's raw export (CSV + images); data version = hash of its files.")
-def raw_export(settings: ProdcatSettings):
+def raw_export(context, settings: ProdcatSettings):
     return DataVersionsByPartition({p: DataVersion(export_fingerprint(settings.raw_dir(p)))
-                                    for p in platform_partitions.get_partition_keys()})
+                                    for p in shop_keys(context.instance)})
 
 
 @asset(partitions_def=platform_partitions, group_name="catalogue", deps=[raw_export], code_version="1",
@@ -42,7 +42,8 @@ def normalized_products(context: AssetExecutionContext, settings: ProdcatSetting
 
     fetcher = ImageFetcher(settings.work("images"), network=settings.fetch_images)
     result = normalize_platform(platform, settings.raw_dir(platform), taxonomy=load_taxonomy(settings.taxonomy_path),
-                                image_fetcher=fetcher)
+                                image_fetcher=fetcher, shops_dir=settings.value.shops_dir,
+                                mappings_dir=settings.value.mappings_dir)
     out = result.write(settings.work("normalized", platform))
     cov = result.coverage
     for warning in cov["warnings"]:  # e.g. every row quarantined: the blocking GX check then fails, this says why

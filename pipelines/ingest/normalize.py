@@ -117,11 +117,12 @@ def checked_records(adapter, input_dir: Path, reject, counter: dict):
 def normalize_platform(platform: str, input_dir: str | Path, taxonomy: Taxonomy | None = None,
                        mapping: MappingTable | None = None, mapping_path: str | Path | None = None,
                        verify_images: bool = True, mappings_dir: str | Path = MAPPINGS_DIR,
-                       image_fetcher=None) -> NormalizeResult:
+                       image_fetcher=None, shops_dir: str | Path | None = None) -> NormalizeResult:
     """One shop's export in the shared taxonomy. The mapping is `mapping`, else the table at `mapping_path`, else
     `<mappings_dir>/<platform>.csv`; the taxonomy defaults to data/taxonomy.yaml. `image_fetcher`
-    (pipelines/ingest/image_fetch.ImageFetcher) downloads http(s) images; None leaves them 'not fetched'."""
-    adapter = get_adapter(platform)
+    (pipelines/ingest/image_fetch.ImageFetcher) downloads http(s) images; None leaves them 'not fetched'. The
+    shop's column contract is `<shops_dir>/<platform>.yaml` (default data/shops/)."""
+    adapter = get_adapter(platform, shops_dir)
     input_dir = Path(input_dir)
     taxonomy = taxonomy or load_taxonomy()
     mapping = mapping or load_mapping(mapping_path or Path(mappings_dir) / f"{platform}.csv", taxonomy)
