@@ -249,13 +249,45 @@ def test_measure_onboarding_writes_targets_json_and_report_section(env, tmp_path
                                 google_taxonomy=google_subset(tmp_path), max_epochs=2, benchmark_md=md)
     cell = report["shops"]["hm"]
     assert cell["training_shops"] == ["myntra", "flipkart"] and set(cell["met"]) == {
-        "mapping_correct", "confident_correct", "scope_auroc", "in_scope_flag_rate"}
+        "mapping_correct", "confident_correct", "scope_auroc", "in_scope_flag_rate", "feed_roundtrip"}
     saved = json.loads((tmp_path / "out" / "onboarding.json").read_text())
     assert saved["shops"]["hm"]["mapping"]["products"] == cell["mapping"]["products"] > 400
     text = md.read_text()
     assert text.startswith("# Benchmark") and "<!-- onboarding:start -->" in text and "| hm |" in text
     assert (tmp_path / "out" / "hm" / "mapping.proposed.csv").exists()
     assert np.isfinite(cell["scope"]["in_scope_flag_rate"])
+    # target 3: H&M's export as Google TSV / XML and Shopify CSV onboards to the same products and predictions
+    rt = cell["roundtrip"]
+    assert set(rt) == {"google-tsv", "google-xml", "shopify", "met"} and rt["met"] is True
+    assert all(rt[f]["products"]["matched"] == cell["products"] for f in ("google-tsv", "google-xml", "shopify"))
+    assert cell["met"]["feed_roundtrip"] is True and "Feed round trip" in text and "| hm | shopify |" in text
+
+
+def test_roundtrip_sees_a_feed_that_changes_a_product(env, tmp_path):
+    """The round-trip comparison is not vacuous: one title edited in the written Google TSV, one product dropped
+    from the Shopify CSV - each is counted, and the shop's round trip is then not identical."""
+    import csv
+
+    from pipelines.onboard.products import read_feed_unlabelled, read_shop_unlabelled
+    from pipelines.onboard.roundtrip import compare_products, export_shop_feeds
+
+    native = read_shop_unlabelled("hm", SAMPLE_DIR / "hm", verify_images=False).products
+    feeds, images = export_shop_feeds("hm", SAMPLE_DIR / "hm", tmp_path)
+    lines = feeds["google-tsv"].read_text(encoding="utf-8").splitlines(keepends=True)
+    cells = lines[1].split("\t")
+    cells[1] = "Jupiter All-Weather Trainer"
+    lines[1] = "\t".join(cells)
+    feeds["google-tsv"].write_text("".join(lines), encoding="utf-8")
+    tsv = compare_products(native, read_feed_unlabelled("hm", feeds["google-tsv"], verify_images=False).products,
+                           images)
+    assert tsv["matched"] == len(native) and tsv["equal"]["title"] == len(native) - 1
+
+    with open(feeds["shopify"], newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    with open(feeds["shopify"], "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows[:1] + rows[2:])  # the first variant row gone
+    shop = compare_products(native, read_feed_unlabelled("hm", feeds["shopify"], verify_images=False).products, images)
+    assert shop["feed"] == shop["matched"] == len(native) - 1
 
 
 def _write_feed(path, rows):

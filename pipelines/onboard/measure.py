@@ -1,6 +1,6 @@
 """`prodcat onboard measure`: issue 17's first two targets, leave-one-platform-out.
 
-For each benchmark shop in turn, as if it were new:
+For each benchmark shop in turn, as if it were new (the third target, the feed round trip, is roundtrip.py):
   1. the other shops (exports + hand mappings) train a classifier (classifier.py: lexical view refitted on them,
      MiniLM vectors from the store, late fusion, temperatures on their validation rows) and the out-of-scope
      detector (scope.py: its threshold on their validation rows);
@@ -88,8 +88,11 @@ def score_holdout(holdout: str, export, predictions, proposal, taxonomy, ablatio
 
 
 def measure_holdout(holdout: str, shops: list, settings, out_dir, *, modalities=ONBOARD_MODALITIES,
-                    google_taxonomy=None, cfg: ProposalConfig = ProposalConfig(), max_epochs: int | None = None):
+                    google_taxonomy=None, cfg: ProposalConfig = ProposalConfig(), max_epochs: int | None = None,
+                    roundtrip: bool = True):
     from pipelines.onboard.embedding import TextEmbedder
+    from pipelines.onboard.roundtrip import roundtrip_shop
+    from pipelines.onboard.run import onboard_products
     from pipelines.taxonomy.tree import load_taxonomy
 
     t0 = time.perf_counter()
@@ -102,6 +105,11 @@ def measure_holdout(holdout: str, shops: list, settings, out_dir, *, modalities=
     export, predictions, proposal = onboard_holdout(holdout, settings, classifier, detector, embed, out, cfg)
     ablation = ablation_proposal(export, predictions, classifier, cfg)
     result = score_holdout(holdout, export, predictions, proposal, taxonomy, ablation)
+    if roundtrip:  # label-free like the onboarding it repeats; the held-out shop's feeds are written under out/feeds
+        result["roundtrip"] = roundtrip_shop(holdout, settings, export, predictions, proposal,
+                                             lambda products: onboard_products(products, classifier, detector, embed,
+                                                                               cfg), out / "feeds")
+        result["met"]["feed_roundtrip"] = result["roundtrip"]["met"]
     return {"holdout": holdout, "training_shops": [s for s in shops if s != holdout], "rows_in": export.rows_in,
             "products": len(predictions), "proposal_rows": len(proposal), **result,
             "classifier": classifier.info, "detector": detector.info,
@@ -112,12 +120,12 @@ def _headline(cells: list) -> dict:
     return {c["holdout"]: {"mapping_correct": c["mapping"]["correct"],
                            "confident_correct": c["mapping"]["confident_correct"],
                            "scope_auroc": c["scope"]["auroc"], "in_scope_flag_rate": c["scope"]["in_scope_flag_rate"],
-                           "met": c["met"]} for c in cells}
+                           "feed_roundtrip": c.get("roundtrip", {}).get("met"), "met": c["met"]} for c in cells}
 
 
 def measure_onboarding(settings, out_dir, shops=None, *, modalities=ONBOARD_MODALITIES, google_taxonomy=None,
                        cfg: ProposalConfig = ProposalConfig(), max_epochs: int | None = None,
-                       benchmark_md=None, holdouts=None) -> dict:
+                       benchmark_md=None, holdouts=None, roundtrip: bool = True) -> dict:
     """Every shop of `holdouts` (default: all of `shops`, the registered benchmark shops whose export exists)
     onboarded as new, the other shops training; writes onboarding.json + onboarding.md in `out_dir` and the 'onboarding' section of
     `benchmark_md` (default <work>/report/benchmark.md). -> the report dict."""
@@ -133,7 +141,7 @@ def measure_onboarding(settings, out_dir, shops=None, *, modalities=ONBOARD_MODA
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cells = [measure_holdout(h, shops, settings, out, modalities=modalities, google_taxonomy=google_taxonomy,
-                             cfg=cfg, max_epochs=max_epochs) for h in (holdouts or shops)]
+                             cfg=cfg, max_epochs=max_epochs, roundtrip=roundtrip) for h in (holdouts or shops)]
     report = {"data_root": str(settings.data_root), "targets": TARGETS, "modalities": list(modalities),
               "google_taxonomy": str(google_taxonomy) if google_taxonomy else None,
               "proposal_config": cfg.__dict__, "shops": {c["holdout"]: c for c in cells}}
