@@ -102,7 +102,8 @@ def cmd_serve(args) -> int:
     from pipelines.inference.service import serve
 
     token = args.token or os.environ.get("PRODCAT_TOKEN") or None  # required to bind beyond loopback
-    return serve(args.host, args.port, build_settings(args), model_dir=args.model, mode=args.stage, token=token)
+    return serve(args.host, args.port, build_settings(args), model_dir=args.model, mode=args.stage, token=token,
+                 review_dir=args.review, review_db=args.review_db)
 
 
 def cmd_bench_serve(args) -> int:
@@ -187,6 +188,42 @@ def cmd_mappings_accept(args) -> int:
     summary = accept_mapping_proposal(Path(args.proposed), Path(args.out), reviewed_only=args.min_confidence is None,
                                       min_confidence=args.min_confidence,
                                       taxonomy=load_taxonomy(args.taxonomy) if args.taxonomy else None)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _decision_store(args):
+    from pipelines.review.store import DecisionStore, default_review_db
+    from pipelines.taxonomy.tree import load_taxonomy
+
+    settings = build_settings(args)
+    return DecisionStore(args.db or default_review_db(settings.work_dir), load_taxonomy(settings.taxonomy_path))
+
+
+def cmd_review_export(args) -> int:
+    from pipelines.review.label_studio import export_label_studio_tasks
+    from pipelines.taxonomy.tree import load_taxonomy
+
+    summary = export_label_studio_tasks(Path(args.source), args.queue, Path(args.out),
+                                        load_taxonomy(build_settings(args).taxonomy_path))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_review_import(args) -> int:
+    from pipelines.review.label_studio import import_label_studio
+
+    store = _decision_store(args)
+    n = import_label_studio(Path(args.file), store, args.model_version, args.reviewer)
+    print(f"recorded {n} decisions in {store.url}")
+    return 0
+
+
+def cmd_review_mappings(args) -> int:
+    from pipelines.review.mapping_decisions import write_reviewed_mapping
+
+    store = _decision_store(args)
+    summary = write_reviewed_mapping(store.decisions(), args.shop, Path(args.out), store.taxonomy)
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -11,7 +11,7 @@ def build_parser(commands) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="prodcat", description=commands.__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
     for add in (add_pipeline_commands, add_bench_commands, add_model_commands, add_taxonomy_commands,
-                add_onboard_commands):
+                add_onboard_commands, add_review_commands):
         add(sub, commands)
     return ap
 
@@ -102,6 +102,10 @@ def add_model_commands(sub, commands) -> None:
     p.add_argument("--data", default="", help="models of 'sample' (default) or 'benchmark' (or a data dir)")
     p.add_argument("--token", default=None, help="bearer token every request but /health and /ready must carry "
                    "(default: $PRODCAT_TOKEN); required to bind beyond loopback")
+    p.add_argument("--review", default=None, help="also serve the review page (/review) for this output folder of "
+                   "`prodcat onboard` (or classify) holding predictions.csv")
+    p.add_argument("--review-db", default=None, help="SQLAlchemy URL of the decision table (default: "
+                   "sqlite:///<work>/review/decisions.db)")
     p.set_defaults(fn=commands.cmd_serve)
 
 
@@ -169,3 +173,27 @@ def add_onboard_commands(sub, commands) -> None:
                                                                       "confidence is at least this")
     a.add_argument("--taxonomy", default=None, help="taxonomy file (default: data/taxonomy.yaml)")
     a.set_defaults(fn=commands.cmd_mappings_accept)
+
+
+def add_review_commands(sub, commands) -> None:
+    p = sub.add_parser("review", help="the review loop: Label Studio export/import, reviewed mappings")
+    review = p.add_subparsers(dest="action", required=True)
+    r = review.add_parser("export", help="a review queue as Label Studio tasks (JSON with predictions) + config")
+    r.add_argument("--source", required=True, help="an output folder of `prodcat onboard` (predictions.csv, ...)")
+    r.add_argument("--queue", required=True, choices=["needs_review", "label_first", "mappings"])
+    r.add_argument("--out", required=True, help="tasks JSON file (the labelling config is written beside it)")
+    r.add_argument("--data", default="", help="'sample' (default), 'benchmark' or a data dir (taxonomy, work dir)")
+    r.set_defaults(fn=commands.cmd_review_export)
+    r = review.add_parser("import", help="a Label Studio JSON export back into the decision table")
+    r.add_argument("file", help="Label Studio JSON export of tasks made by `prodcat review export`")
+    r.add_argument("--db", default=None, help="decision table URL (default: sqlite:///<work>/review/decisions.db)")
+    r.add_argument("--reviewer", default="label-studio", help="reviewer name when an annotation names none")
+    r.add_argument("--model-version", default="", help="model version the annotated predictions came from")
+    r.add_argument("--data", default="")
+    r.set_defaults(fn=commands.cmd_review_import)
+    r = review.add_parser("mappings", help="accepted mapping decisions of a shop -> its mapping table (merged)")
+    r.add_argument("--shop", required=True)
+    r.add_argument("--out", required=True, help="the mapping table, e.g. data/mappings/<shop>.csv")
+    r.add_argument("--db", default=None, help="decision table URL (default: sqlite:///<work>/review/decisions.db)")
+    r.add_argument("--data", default="")
+    r.set_defaults(fn=commands.cmd_review_mappings)

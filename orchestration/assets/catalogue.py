@@ -55,15 +55,22 @@ def normalized_products(context: AssetExecutionContext, settings: ProdcatSetting
     })
 
 
-@asset(group_name="catalogue", code_version="1",
-       ins={"normalized_products": AssetIn(key="normalized_products")},
-       description="Union of every platform's normalised products; uid = platform:product_id.")
-def catalogue(normalized_products: dict) -> Output[pd.DataFrame]:
-    table = cat.union_catalogue(normalized_products)
+@asset(group_name="catalogue", code_version="2",
+       ins={"normalized_products": AssetIn(key="normalized_products"),
+            "reviewed_labels": AssetIn(key="reviewed_labels")},
+       description="Union of every platform's normalised products, reviewers' labels applied (reviewed_labels); "
+                   "uid = platform:product_id.")
+def catalogue(normalized_products: dict, reviewed_labels: pd.DataFrame) -> Output[pd.DataFrame]:
+    from pipelines.review.labels import apply_reviewed_labels
+
+    reviewed = apply_reviewed_labels(cat.union_catalogue(normalized_products), reviewed_labels)
+    table = reviewed.products
     counts = table.groupby(["platform", "split"]).size().unstack(fill_value=0)
     return Output(table, data_version=DataVersion(cat.content_hash(table)), metadata={
         "rows": len(table), "per_platform_split": MetadataValue.md(counts.to_markdown()),
         "categories": int(table["category_path"].map(tuple).nunique()),
+        "reviewed_relabelled": reviewed.relabelled, "reviewed_confirmed": reviewed.confirmed,
+        "reviewed_out_of_scope": len(reviewed.unmapped), "reviewed_not_in_catalogue": reviewed.not_in_catalogue,
     })
 
 

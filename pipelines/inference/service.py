@@ -9,6 +9,9 @@ loop (request_images.py) and stage-2 vectors come from an in-memory LRU over the
 
 Requests are untrusted (guards.py): bodies are parsed strictly (api_models.py), every limit is checked before the
 work it protects, every refusal is a short JSON message, and beyond loopback a bearer token is required.
+
+With a review folder (`prodcat serve --review DIR`) the same app serves the review page under /review
+(review_routes.py, pipelines/review/): the same token, the same body limits.
 """
 from __future__ import annotations
 
@@ -180,9 +183,10 @@ ERROR_CODES = {401: "missing or invalid bearer token", 408: "body not received i
 
 
 def create_app(settings, model_dir=None, mode: str = "routed", classifier=None, limits: ServiceLimits | None = None,
-               token: str | None = None) -> FastAPI:
+               token: str | None = None, review=None) -> FastAPI:
     """The app for the models and taxonomy of `settings`; the models load once at startup (or pass an already
-    loaded `classifier`). With a `token`, every path but /health and /ready needs `Authorization: Bearer`."""
+    loaded `classifier`). With a `token`, every path but /health and /ready needs `Authorization: Bearer`. With
+    `review` (review_routes.ReviewApp), the review page is mounted under /review."""
     limits = limits or ServiceLimits()
     app = FastAPI(title="prodcat", version="2", lifespan=_lifespan(settings, model_dir, mode, classifier, limits),
                   description="Two-stage product categorisation into the shared fashion taxonomy.")
@@ -194,6 +198,10 @@ def create_app(settings, model_dir=None, mode: str = "routed", classifier=None, 
     app.add_api_route("/ready", _ready_route, methods=["GET", "HEAD"], response_class=Response)
     app.add_api_route("/taxonomy", _taxonomy_route, methods=["GET"], response_class=Response)
     app.add_api_route("/stats", _stats_route, methods=["GET"], response_class=Response)
+    if review is not None:
+        from pipelines.inference.review_routes import add_review_routes
+
+        add_review_routes(app, review, token)
     app.openapi = _openapi(app)
     return app
 
@@ -207,8 +215,18 @@ def uvicorn_config(app: FastAPI, host: str, port: int, limits: ServiceLimits):
                           limit_concurrency=limits.max_connections)
 
 
+def open_review(settings, review_dir, review_db: str | None = None):
+    """The review page's source (an onboard/classify output folder) and decision store (default: the work dir's)."""
+    from pipelines.inference.review_routes import ReviewApp
+    from pipelines.review.store import default_review_db
+    from pipelines.taxonomy.tree import load_taxonomy
+
+    return ReviewApp.open(review_dir, review_db or default_review_db(settings.work_dir),
+                          load_taxonomy(settings.taxonomy_path))
+
+
 def serve(host: str, port: int, settings, model_dir=None, mode: str = "routed", token: str | None = None,
-          limits: ServiceLimits | None = None) -> int:
+          limits: ServiceLimits | None = None, review_dir=None, review_db: str | None = None) -> int:
     """Check the bind rule (a token beyond loopback) before anything loads, load the models (a missing champion or
     a manifest mismatch is a clear error and exit code 2 from the CLI, not a failed uvicorn startup), then serve
     until interrupted."""
@@ -219,11 +237,12 @@ def serve(host: str, port: int, settings, model_dir=None, mode: str = "routed", 
 
     limits = limits or ServiceLimits()
     check_bind(host, token)
+    review = open_review(settings, review_dir, review_db) if review_dir else None  # a bad folder fails first
     classifier = TwoStage.load(settings, model_dir, mode)
     # the service's parallelism is across requests (two model workers, the event loop, image decoders): torch
     # spreading each small micro-batch over every core costs more in synchronisation than it saves (3 ms -> 30 ms
     # for a stage-1 batch on a busy 2-core machine)
     configure_threads(settings.threads if settings.threads > 0 else SERVICE_THREADS)
-    app = create_app(settings, classifier=classifier, limits=limits, token=token)
+    app = create_app(settings, classifier=classifier, limits=limits, token=token, review=review)
     uvicorn.Server(uvicorn_config(app, host, port, limits)).run()
     return 0

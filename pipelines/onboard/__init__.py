@@ -4,6 +4,7 @@
     classifier.py        a stand-in for the champion trained on other shops only (leave-one-platform-out measurement)
     scope.py             out-of-scope detection: products that belong nowhere in the fashion taxonomy
     mapping_proposal.py  the proposed mapping table (native category -> taxonomy path or unmapped reason); accept it
+    label_first.py       the products to label first (uncertain, one per group, round-robin over level-2 nodes)
     run.py               `prodcat onboard`: normalise, classify, flag, propose, report
     report.py            the onboarding report (Markdown + self-contained HTML)
     evaluate.py          scoring a proposal and a detector against a hand-written mapping (labels enter only here)

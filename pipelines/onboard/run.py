@@ -23,6 +23,8 @@ from pipelines.taxonomy.tree import path_str
 
 PREDICTIONS_FILE = "predictions.csv"
 QUARANTINE_FILE = "quarantine.csv"
+PRODUCTS_FILE = "products.parquet"  # the feed's texts and image paths, for the review page (pipelines/review)
+PRODUCT_COLUMNS = ["product_id", "group_id", "title", "description", "brand", "image_path", "native_path"]
 
 
 def prediction_table(products: pd.DataFrame, result: pd.DataFrame, scores: np.ndarray, oos: np.ndarray,
@@ -114,12 +116,21 @@ def onboarding_summary(export, predictions: pd.DataFrame, proposal: pd.DataFrame
 
 
 def write_onboarding_outputs(out: Path, export, predictions, proposal, summary: dict) -> dict:
-    """predictions.csv, quarantine.csv, mapping.proposed.csv, onboarding.{md,html,json}; -> the files."""
-    from pipelines.files import atomic_write_csv, atomic_write_text
+    """predictions.csv, quarantine.csv, mapping.proposed.csv, label_first.csv, products.parquet,
+    onboarding.{md,html,json}; -> the files."""
+    from pipelines.files import atomic_write_csv, atomic_write_parquet, atomic_write_text
+    from pipelines.onboard.label_first import write_label_first
     from pipelines.onboard.report import write_onboarding_report
 
-    files = {"predictions": atomic_write_csv(predictions, out / PREDICTIONS_FILE),
-             "quarantine": atomic_write_csv(export.quarantine, out / QUARANTINE_FILE),
+    products = export.products.reset_index(drop=True).reindex(columns=PRODUCT_COLUMNS)
+    products["product_id"] = products["product_id"].astype(str)
+    products["native_path"] = [path_str(n) for n in products["native_path"]]
+    products["image_path"] = [str(Path(p).resolve()) if isinstance(p, str) and p and "://" not in p else p
+                              for p in products["image_path"]]  # the review page serves them from any cwd
+    files = {"quarantine": atomic_write_csv(export.quarantine, out / QUARANTINE_FILE),
+             "products": atomic_write_parquet(products, out / PRODUCTS_FILE),
+             "label_first": write_label_first(predictions, export.products.reset_index(drop=True), out),
+             "predictions": atomic_write_csv(predictions, out / PREDICTIONS_FILE),
              "proposal": write_mapping_proposal(proposal, out)}
     files |= write_onboarding_report(out, summary, export.products, predictions, proposal, export.quarantine)
     summary["files"] = {k: str(v) for k, v in files.items()}
