@@ -181,6 +181,20 @@ def cmd_onboard_measure(args) -> int:
     return 0
 
 
+def cmd_adapt_measure(args) -> int:
+    from pipelines.adapt.measure import AdaptMeasureConfig, measure_adaptation, parse_centres
+    from pipelines.adapt.pseudo_labels import PseudoLabelConfig
+
+    centres = parse_centres(args.centres)
+    cfg = AdaptMeasureConfig(centres=centres, rounds=args.rounds, pseudo=PseudoLabelConfig(precision=args.precision),
+                             max_epochs=args.max_epochs)
+    report = measure_adaptation(build_settings(args), Path(args.out), shops=args.shop or None, cfg=cfg,
+                                holdouts=args.holdout or None, benchmark_md=args.benchmark_md or None)
+    print(Path(report["files"]["md"]).read_text())
+    print(f"wrote {report['files']['json']} and the 'adaptation' section of {report['files']['benchmark_md']}")
+    return 0
+
+
 def cmd_mappings_accept(args) -> int:
     from pipelines.onboard.mapping_proposal import accept_mapping_proposal
     from pipelines.taxonomy.tree import load_taxonomy

@@ -11,7 +11,7 @@ def build_parser(commands) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="prodcat", description=commands.__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
     for add in (add_pipeline_commands, add_bench_commands, add_model_commands, add_taxonomy_commands,
-                add_onboard_commands, add_review_commands):
+                add_onboard_commands, add_review_commands, add_adapt_commands):
         add(sub, commands)
     return ap
 
@@ -197,3 +197,23 @@ def add_review_commands(sub, commands) -> None:
     r.add_argument("--db", default=None, help="decision table URL (default: sqlite:///<work>/review/decisions.db)")
     r.add_argument("--data", default="")
     r.set_defaults(fn=commands.cmd_review_mappings)
+
+
+def add_adapt_commands(sub, commands) -> None:
+    p = sub.add_parser("adapt", help="zero-label adaptation to a shop the model never trained on (issue 18)")
+    actions = p.add_subparsers(dest="action", required=True)
+    m = actions.add_parser("measure", help="leave-one-platform-out: each shop adapted to as new from its unlabelled "
+                                           "products; test hF1 before/after per strategy, per level, the ablation")
+    m.add_argument("--data", default="benchmark", help="'benchmark' (default), 'sample' or a directory of exports")
+    m.add_argument("--out", required=True, help="writes adaptation.json, adaptation.md, <shop>/ per held-out shop")
+    m.add_argument("--shop", action="append", default=None, help="shops taking part (default: every registered one)")
+    m.add_argument("--holdout", action="append", default=None, help="held-out shops measured (default: every shop)")
+    m.add_argument("--centres", default="none,text", help="centring settings of the ablation, each 'none' or views "
+                                                          "joined by '+' (text, lexical), e.g. none,text,text+lexical")
+    m.add_argument("--rounds", type=int, default=1, help="self-training rounds (each round is a cell of the ablation)")
+    m.add_argument("--precision", type=float, default=0.99, help="pseudo-label threshold: training shops' val precision")
+    m.add_argument("--max-epochs", type=int, default=None, help="cap on training epochs (default: the config's)")
+    m.add_argument("--benchmark-md", default=None, help="report to merge the 'adaptation' section into (default: "
+                                                        "<work>/report/benchmark.md)")
+    m.add_argument("--quiet", action="store_true")
+    m.set_defaults(fn=commands.cmd_adapt_measure)

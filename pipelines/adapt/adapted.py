@@ -1,0 +1,182 @@
+"""The adapted classifier: the onboarding classifier (onboard/classifier.py: lexical view + MiniLM, late fusion)
+trained with the new shop's unlabelled products in view.
+
+    classifier = adapt_shop_classifier(tables, new_products, "acme", taxonomy, out_dir, embed=embed)
+    classifier.classify(titles, descriptions)        # the TwoStage.classify contract, as onboarding expects
+
+AdaptConfig switches each ingredient (the ablation turns them on and off): `centre` (per-shop standardisation of
+the named views, centring.py) and `self_train_rounds` (pseudo_labels.py). Early stopping, temperatures and the
+pseudo-label threshold read the *training* shops' validation rows only; the new shop gives unlabelled vectors.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from pipelines.adapt.pseudo_labels import PseudoLabelConfig
+from pipelines.onboard.classifier import ShopClassifier
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    centre: tuple = ("text",)  # views centred per shop; () = off
+    self_train_rounds: int = 1  # 0 = off
+    pseudo: PseudoLabelConfig = PseudoLabelConfig()
+
+    @property
+    def name(self) -> str:
+        parts = (["centre-" + "+".join(self.centre)] if self.centre else []) + \
+                ([f"self-train-x{self.self_train_rounds}"] if self.self_train_rounds else [])
+        return ", ".join(parts) or "none"
+
+
+NO_ADAPTATION = AdaptConfig(centre=(), self_train_rounds=0)
+
+
+class BadAdaptConfig(ValueError):
+    """An AdaptConfig naming a view the classifier does not read, or a negative round count."""
+
+
+@dataclass
+class AdaptedClassifier(ShopClassifier):
+    """A ShopClassifier for one new shop: its features are centred by that shop's unlabelled means."""
+
+    centre_means: dict = field(default_factory=dict)  # {view: the new shop's mean vector}
+
+    def features(self, texts: list[str]) -> tuple[dict, dict]:
+        from pipelines.adapt.centring import UNIT_NORM_VIEWS, centre_rows
+
+        features, available = super().features(texts)
+        for view, mean in self.centre_means.items():
+            features[view] = centre_rows(features[view], available[view], mean, view in UNIT_NORM_VIEWS)
+        return features, available
+
+
+def centred_views(views, centre) -> tuple[dict, dict, dict]:
+    """(training features, new-shop features, {view: new shop's mean}) with `centre`'s views centred per shop."""
+    from pipelines.adapt.centring import UNIT_NORM_VIEWS, centre_by_shop, centre_rows, shop_mean
+
+    unknown = sorted(set(centre) - set(views.modalities))
+    if unknown:
+        raise BadAdaptConfig(f"cannot centre {unknown}: the classifier reads {views.modalities}")
+    train, new, means = dict(views.train_features), dict(views.new_features), {}
+    for view in centre:
+        unit = view in UNIT_NORM_VIEWS
+        train[view], _ = centre_by_shop(train[view], views.train_available[view], views.train_shop, unit)
+        means[view] = shop_mean(new[view], views.new_available[view], views.new_shop)
+        new[view] = centre_rows(new[view], views.new_available[view], means[view], unit)
+    return train, new, means
+
+
+@dataclass
+class _Fitted:
+    stage: object  # pipelines.inference.calibration.Stage
+    info: dict
+
+
+def _train_stage(features: dict, available: dict, labels: list, split: np.ndarray, taxonomy, out_dir, modalities,
+                 seed: int, threads: int, max_epochs) -> _Fitted:
+    """Train (early stopping on 'val', the training shops' rows) and calibrate temperatures on the same rows."""
+    from pipelines.classify.train import load_model, train_classifier
+    from pipelines.inference.calibration import Stage, calibrate
+    from pipelines.onboard.classifier import onboard_strategy
+
+    cfg = onboard_strategy(modalities)
+    res = train_classifier(cfg, features, available, labels, split, taxonomy, out_dir, seed=seed,
+                           max_epochs=max_epochs, threads=threads)
+    model = load_model(res.model_dir)
+    val = np.flatnonzero(split == "val")
+    cal = calibrate(model, {m: features[m][val] for m in model.modalities},
+                    {m: available[m][val] for m in model.modalities}, [labels[i] for i in val])
+    return _Fitted(Stage(model, cal["temperatures"]), {
+        "strategy": cfg["name"], "train_rows": int((split == "train").sum()), "val_hF1": res.val.get("hF1"),
+        "epochs": res.epochs, "train_seconds": round(res.train_seconds, 1), "temperatures": cal["temperatures"]})
+
+
+def val_threshold(stage, features: dict, available: dict, labels: list, split: np.ndarray, precision: float) -> float:
+    """The pseudo-label threshold from the training shops' validation rows (pseudo_labels.threshold_at_precision)."""
+    from pipelines.adapt.pseudo_labels import threshold_at_precision
+
+    val = np.flatnonzero(split == "val")
+    pred = stage.predict({m: v[val] for m, v in features.items()}, {m: v[val] for m, v in available.items()})
+    correct = [tuple(p)[:len(labels[i])] == tuple(labels[i]) for p, i in zip(pred.paths, val)]
+    return threshold_at_precision(pred.prob, correct, precision)
+
+
+@dataclass
+class AdaptRound:
+    """One step of the adaptation: round 0 is the classifier before self-training (centred or not)."""
+
+    round: int
+    fitted: _Fitted
+    new_prediction: object  # calibration.Prediction on every product of the new shop
+    pseudo: dict  # the pseudo-labels this round trained on (empty for round 0)
+    pseudo_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # which new-shop products
+    pseudo_labels: list = field(default_factory=list)  # ... and their labels (() where none)
+
+
+def _with_pseudo_rows(base: tuple, new_feats: dict, new_avail: dict, mask: np.ndarray, pseudo_labels: list) -> tuple:
+    feats, avail, labels, split = base
+    if not mask.any():
+        return base
+    return ({m: np.concatenate([feats[m], new_feats[m][mask]]) for m in feats},
+            {m: np.concatenate([avail[m], new_avail[m][mask]]) for m in avail},
+            labels + [pseudo_labels[i] for i in np.flatnonzero(mask)],
+            np.concatenate([split, np.full(int(mask.sum()), "train")]))
+
+
+def adaptation_rounds(views, cfg: AdaptConfig, taxonomy, out_dir, *, seed: int = 0, threads: int = 0,
+                      max_epochs: int | None = None):
+    """Yield AdaptRound 0 (trained on the training shops, `cfg.centre` applied) and one per self-training round
+    (retrained from scratch on the training rows + that round's pseudo-labelled rows of the new shop)."""
+    from pathlib import Path
+
+    from pipelines.adapt.pseudo_labels import check_pseudo_config, select_pseudo_labels
+
+    if cfg.self_train_rounds < 0:
+        raise BadAdaptConfig(f"self_train_rounds must be >= 0, got {cfg.self_train_rounds}")
+    check_pseudo_config(cfg.pseudo)
+    train, new, _ = centred_views(views, cfg.centre)
+    rows = np.flatnonzero(views.mapped & np.isin(views.split, ["train", "val", "test"]))
+    base = ({m: train[m][rows] for m in views.modalities}, {m: views.train_available[m][rows] for m in views.modalities},
+            [views.labels[i] for i in rows], views.split[rows])
+    new_avail = {m: views.new_available[m] for m in views.modalities}
+    args = dict(taxonomy=taxonomy, modalities=views.modalities, seed=seed, threads=threads, max_epochs=max_epochs)
+    fitted = _train_stage(*base, out_dir=Path(out_dir) / "round0", **args)
+    yield AdaptRound(0, fitted, fitted.stage.predict(new, new_avail), {})
+    for r in range(1, cfg.self_train_rounds + 1):
+        threshold = val_threshold(fitted.stage, *base, cfg.pseudo.precision)
+        previous = fitted.stage.predict(new, new_avail)
+        mask, labels, summary = select_pseudo_labels(previous.paths, previous.prob, views.new_groups, threshold,
+                                                     cfg.pseudo)
+        fitted = _train_stage(*_with_pseudo_rows(base, new, new_avail, mask, labels),
+                              out_dir=Path(out_dir) / f"round{r}", **args)
+        yield AdaptRound(r, fitted, fitted.stage.predict(new, new_avail), summary, mask, labels)
+
+
+def adapted_classifier(views, fitted: _Fitted, cfg: AdaptConfig, embed) -> AdaptedClassifier:
+    """The classify()-contract object for the new shop (its centring means travel with it)."""
+    from pipelines.inference.stage1 import stage1_config
+
+    _, _, means = centred_views(views, cfg.centre)
+    info = fitted.info | {"adaptation": cfg.name, "new_shop": views.new_shop,
+                          "training_shops": sorted(set(views.train_shop.tolist()))}
+    return AdaptedClassifier(fitted.stage, views.space, embed, list(stage1_config().get("abstain", [])), info,
+                             centre_means=means)
+
+
+def adapt_shop_classifier(tables: dict, new_products, new_shop: str, taxonomy, out_dir, *, embed=None,
+                          cfg: AdaptConfig = AdaptConfig(), modalities=("lexical", "text"), seed: int = 0,
+                          threads: int = 0, max_epochs: int | None = None) -> AdaptedClassifier:
+    """The entry point: training shops' labelled `tables` ({shop: products with category_path}, onboard.training)
+    and the new shop's *unlabelled* products (LabelLeak if they hold a label column) -> the adapted classifier."""
+    from pipelines.adapt.views import build_adapt_views
+
+    views = build_adapt_views(tables, new_products, new_shop, embed, modalities)
+    last = None
+    for last in adaptation_rounds(views, cfg, taxonomy, out_dir, seed=seed, threads=threads, max_epochs=max_epochs):
+        pass
+    classifier = adapted_classifier(views, last.fitted, cfg, embed)
+    classifier.info["pseudo_labels"] = last.pseudo
+    return classifier

@@ -1,0 +1,182 @@
+"""`prodcat adapt measure`: zero-label adaptation, leave-one-platform-out (issue 18's first target).
+
+For each benchmark shop in turn, as if it were new:
+  1. the other shops' products (their hand mappings allowed) and the held-out shop's export read *without* its
+     mapping (onboard.products.read_shop_unlabelled: no label column; build_adapt_views refuses one) give the
+     feature views once;
+  2. every variant of the ablation is trained on them (per-shop centring on/off x self-training rounds): the new
+     shop's products are predicted after each, and only the predicted paths are kept;
+  3. only then is the held-out shop's hand mapping read, to score: hF1 at the label's known depth (a prediction
+     deeper than the hand path is cut to its depth) and per-level accuracy on its *grouped test split* (the
+     split column normalisation assigns by product group), and on all its mapped products beside it.
+Writes <out>/adaptation.json, adaptation.md and the "adaptation" section of the benchmark report.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.adapt.adapted import AdaptConfig
+from pipelines.adapt.pseudo_labels import PseudoLabelConfig
+
+SECTION = "adaptation"
+TARGETS = {"mean_test_hF1": 0.92, "every_shop_test_hF1": 0.88}
+DEFAULT_CENTRES = ((), ("text",))  # the ablation's centring settings (each with 0..rounds self-training rounds)
+
+
+@dataclass(frozen=True)
+class AdaptMeasureConfig:
+    centres: tuple = DEFAULT_CENTRES
+    rounds: int = 1
+    pseudo: PseudoLabelConfig = PseudoLabelConfig()
+    max_epochs: int | None = None
+
+    @property
+    def primary(self) -> AdaptConfig:
+        """The strategy reported as "after": every ingredient on (the last centring setting, every round)."""
+        return AdaptConfig(tuple(self.centres[-1]) if self.centres else (), self.rounds, self.pseudo)
+
+
+class BadCentres(ValueError):
+    """A --centres value naming no known view."""
+
+
+def parse_centres(text: str, views=("lexical", "text")) -> tuple:
+    """'none,text,text+lexical' -> ((), ('text',), ('text', 'lexical'))."""
+    out = []
+    for item in [t.strip() for t in str(text).split(",") if t.strip()]:
+        names = () if item == "none" else tuple(v.strip() for v in item.split("+"))
+        bad = [n for n in names if n not in views]
+        if bad:
+            raise BadCentres(f"--centres {text!r}: {bad} is not a view ({', '.join(views)}) nor 'none'")
+        out.append(names)
+    if not out:
+        raise BadCentres(f"--centres {text!r}: give at least one setting, e.g. none,text")
+    return tuple(out)
+
+
+def variant_configs(cfg: AdaptMeasureConfig) -> list[AdaptConfig]:
+    """Every (centring, rounds) cell of the ablation; its `name` is the key in the report."""
+    return [AdaptConfig(tuple(c), r, cfg.pseudo) for c in cfg.centres for r in range(cfg.rounds + 1)]
+
+
+def predict_variants(views, cfg: AdaptMeasureConfig, taxonomy, out: Path, settings) -> dict:
+    """{variant name: {paths, pseudo, info}} on the held-out shop's products: label-free."""
+    from pipelines.adapt.adapted import adaptation_rounds
+
+    found = {}
+    for centre in cfg.centres:
+        chain = AdaptConfig(tuple(centre), cfg.rounds, cfg.pseudo)
+        for step in adaptation_rounds(views, chain, taxonomy, out / ("centre-" + "+".join(centre) if centre else
+                                                                     "no-centre"),
+                                      seed=settings.seed, threads=settings.threads, max_epochs=cfg.max_epochs):
+            name = replace(chain, self_train_rounds=step.round).name
+            found[name] = {"paths": [tuple(p) for p in step.new_prediction.paths], "pseudo": step.pseudo,
+                           "info": step.fitted.info}
+    return found
+
+
+def score_paths(hand: list, paths: list, mask: np.ndarray, depth: int) -> dict:
+    """hF1 at the label's known depth + per-level accuracy over the products in `mask` (hand-mapped ones)."""
+    from pipelines.classify.metrics import hierarchical_prf, per_level
+
+    rows = np.flatnonzero(mask)
+    true, pred = [hand[i] for i in rows], [paths[i] for i in rows]
+    if not rows.size:
+        return {"n": 0}
+    prf = hierarchical_prf(true, pred, truncate=True)
+    levels = per_level(true, pred, depth)
+    exact = float(np.mean([tuple(p[:len(t)]) == tuple(t) for t, p in zip(true, pred)]))
+    return {"n": int(rows.size), "hF1": round(prf["hF1"], 4), "exact_at_label_depth": round(exact, 4),
+            **{k: round(v, 4) for k, v in levels.items() if k.startswith("acc_")},
+            **{k: v for k, v in levels.items() if k.startswith("n_L")}}
+
+
+def score_variants(holdout: str, products, found: dict, taxonomy) -> dict:
+    """The scoring step, the first to read the held-out shop's hand mapping."""
+    from pipelines.ingest.mapping import load_mapping
+    from pipelines.onboard.evaluate import hand_labels
+    from pipelines.onboard.training import SCOPE_IN
+    from pipelines.settings import MAPPINGS_DIR
+
+    labels = hand_labels([list(n) for n in products["native_path"]], load_mapping(MAPPINGS_DIR / f"{holdout}.csv",
+                                                                                   taxonomy))
+    hand = labels["hand_path"].tolist()
+    mapped = (labels["scope"] == SCOPE_IN).to_numpy()
+    test = mapped & (products["split"].astype(str) == "test").to_numpy()
+    where = "test" if test.any() else "all"  # the grouped test split when the shop has one
+    return {"scored_on": where,
+            "variants": {name: {"test": score_paths(hand, v["paths"], test if test.any() else mapped, taxonomy.depth),
+                                "all": score_paths(hand, v["paths"], mapped, taxonomy.depth),
+                                "pseudo": v["pseudo"], "classifier": v["info"]} for name, v in found.items()}}
+
+
+def measure_adaptation_holdout(holdout: str, shops: list, settings, out_dir, cfg: AdaptMeasureConfig,
+                               modalities=("lexical", "text")) -> dict:
+    from pipelines.adapt.views import build_adapt_views
+    from pipelines.onboard.embedding import TextEmbedder
+    from pipelines.onboard.products import read_shop_unlabelled, require_products
+    from pipelines.onboard.training import load_training_shops
+    from pipelines.settings import MAPPINGS_DIR
+    from pipelines.taxonomy.tree import load_taxonomy
+
+    t0 = time.perf_counter()
+    out = Path(out_dir) / holdout
+    taxonomy = load_taxonomy(settings.taxonomy_path)
+    embed = TextEmbedder.from_settings(settings) if "text" in modalities else None
+    training = [s for s in shops if s != holdout]
+    tables = load_training_shops(training, settings.raw_dir, taxonomy, MAPPINGS_DIR)
+    products = require_products(read_shop_unlabelled(holdout, settings.raw_dir(holdout), verify_images=False)).products
+    views = build_adapt_views(tables, products, holdout, embed, modalities)
+    found = predict_variants(views, cfg, taxonomy, out, settings)
+    scored = score_variants(holdout, products, found, taxonomy)
+    return {"holdout": holdout, "training_shops": training, "products": len(products), **scored,
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def summarise_adaptation(cells: list, cfg: AdaptMeasureConfig) -> dict:
+    """Mean test hF1 per variant over the holdouts, and the targets for the primary strategy."""
+    names = list(cells[0]["variants"]) if cells else []
+    mean = {n: round(float(np.mean([c["variants"][n]["test"].get("hF1", 0.0) for c in cells])), 4) for n in names}
+    primary = cfg.primary.name
+    per_shop = {c["holdout"]: c["variants"].get(primary, {}).get("test", {}).get("hF1") for c in cells}
+    met = {"mean_test_hF1": bool(mean.get(primary, 0.0) >= TARGETS["mean_test_hF1"]),
+           "every_shop_test_hF1": all(v is not None and v >= TARGETS["every_shop_test_hF1"] for v in per_shop.values())}
+    return {"before": "none", "after": primary, "mean_test_hF1": mean, "primary_per_shop": per_shop, "met": met}
+
+
+def measure_adaptation(settings, out_dir, shops=None, *, cfg: AdaptMeasureConfig = AdaptMeasureConfig(),
+                       modalities=("lexical", "text"), holdouts=None, benchmark_md=None) -> dict:
+    """Every shop of `holdouts` (default: all registered benchmark shops with an export) adapted to as new;
+    writes adaptation.json + adaptation.md in `out_dir` and the 'adaptation' section of `benchmark_md` (default
+    <work>/report/benchmark.md). -> the report dict."""
+    from pipelines.adapt.measure_report import adaptation_section
+    from pipelines.files import atomic_write_text
+    from pipelines.reports.sections import merge_json_keys, merge_section_file
+    from pipelines.settings import PLATFORMS
+
+    shops = [s for s in (shops or PLATFORMS) if settings.raw_dir(s).exists()]
+    if len(shops) < 2:
+        raise ValueError(f"leave-one-platform-out needs two shops with exports, found {shops} under "
+                         f"{settings.data_root}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cells = [measure_adaptation_holdout(h, shops, settings, out, cfg, modalities) for h in (holdouts or shops)]
+    report = {"data_root": str(settings.data_root), "targets": TARGETS, "modalities": list(modalities),
+              "config": {"centres": [list(c) for c in cfg.centres], "rounds": cfg.rounds,
+                         "pseudo": cfg.pseudo.__dict__, "max_epochs": cfg.max_epochs, "primary": cfg.primary.name},
+              "summary": summarise_adaptation(cells, cfg), "shops": {c["holdout"]: c for c in cells}}
+    atomic_write_text(out / "adaptation.json", json.dumps(report, indent=2, default=str))
+    body = adaptation_section(report)
+    atomic_write_text(out / "adaptation.md", body + "\n")
+    md_path = Path(benchmark_md) if benchmark_md else settings.work("report") / "benchmark.md"
+    merge_section_file(md_path, SECTION, body)
+    if md_path.with_suffix(".json").exists():
+        merge_json_keys(md_path.with_suffix(".json"), {SECTION: {k: v for k, v in report.items() if k != "shops"}})
+    report["files"] = {"json": str(out / "adaptation.json"), "md": str(out / "adaptation.md"),
+                       "benchmark_md": str(md_path)}
+    return report

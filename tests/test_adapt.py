@@ -1,0 +1,189 @@
+"""Zero-label adaptation (issue 18): the honest protocol, each ingredient on a constructed shift of real sample
+products, and the leave-one-platform-out measurement end to end. Real sample data, real (small) models."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.settings import MAPPINGS_DIR, SAMPLE_DIR, Settings
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """hm + myntra (labelled, their hand mappings) and flipkart's products read without its mapping."""
+    from pipelines.onboard.embedding import TextEmbedder
+    from pipelines.onboard.products import read_shop_unlabelled
+    from pipelines.onboard.training import load_training_shops
+    from pipelines.taxonomy.tree import load_taxonomy
+
+    root = tmp_path_factory.mktemp("adapt")
+    settings = Settings(data_root=SAMPLE_DIR, work_dir=root / "work", quiet=True, threads=1)
+    taxonomy = load_taxonomy()
+    tables = load_training_shops(["hm", "myntra"], settings.raw_dir, taxonomy, MAPPINGS_DIR)
+    new = read_shop_unlabelled("flipkart", settings.raw_dir("flipkart"), verify_images=False).products
+    return {"root": root, "settings": settings, "taxonomy": taxonomy, "tables": tables, "new": new,
+            "embed": TextEmbedder.from_settings(settings)}
+
+
+# ---- the honest protocol ---------------------------------------------------------------------------------------
+
+def test_adaptation_refuses_a_labelled_frame_and_runs_without_labels(env, tmp_path):
+    from pipelines.adapt.adapted import AdaptConfig, AdaptedClassifier, adapt_shop_classifier
+    from pipelines.onboard.products import LabelLeak
+
+    labelled = env["new"].assign(category_path=[("Clothing",)] * len(env["new"]))
+    cfg = AdaptConfig(centre=("lexical",), self_train_rounds=1)
+    with pytest.raises(LabelLeak, match="category_path"):
+        adapt_shop_classifier(env["tables"], labelled, "flipkart", env["taxonomy"], tmp_path / "leak", cfg=cfg,
+                              modalities=("lexical",), max_epochs=2, threads=1)
+    assert not (tmp_path / "leak").exists()  # refused before anything was trained
+
+    classifier = adapt_shop_classifier(env["tables"], env["new"], "flipkart", env["taxonomy"], tmp_path / "ok",
+                                       cfg=cfg, modalities=("lexical",), max_epochs=2, threads=1)
+    assert isinstance(classifier, AdaptedClassifier)
+    assert set(classifier.centre_means) == {"lexical"}
+    assert classifier.info["pseudo_labels"]["products"] > 0  # the unlabelled shop became training rows
+    out = classifier.classify(env["new"]["title"].head(20).tolist(), env["new"]["description"].head(20).tolist())
+    assert len(out) == 20 and {"category_path", "full_path", "conf_L1", "needs_review"} <= set(out.columns)
+    assert all(env["taxonomy"].is_valid_path(p) for p in out["full_path"])
+
+
+def test_measurement_scores_only_after_every_variant_predicted(env, tmp_path, monkeypatch):
+    """The hand mapping of the held-out shop is read once, after predict_variants returned."""
+    import pipelines.ingest.mapping as mapping
+    from pipelines.adapt import measure
+
+    events, real_load, real_predict = [], mapping.load_mapping, measure.predict_variants
+
+    def load(path, *a, **k):
+        events.append(("mapping", path.stem))
+        return real_load(path, *a, **k)
+
+    def predict(*a, **k):
+        events.append(("predicted", None))
+        return real_predict(*a, **k)
+
+    monkeypatch.setattr(mapping, "load_mapping", load)
+    monkeypatch.setattr(measure, "predict_variants", predict)
+    cfg = measure.AdaptMeasureConfig(centres=((),), rounds=0, max_epochs=1)
+    measure.measure_adaptation_holdout("flipkart", ["hm", "myntra", "flipkart"], env["settings"], tmp_path, cfg,
+                                       modalities=("lexical",))
+    held_out = [i for i, e in enumerate(events) if e == ("mapping", "flipkart")]
+    assert held_out and min(held_out) > events.index(("predicted", None))
+
+
+# ---- each ingredient on a constructed shift --------------------------------------------------------------------
+
+def _shifted_views(env, offset_norm: float):
+    """Training: hm's train/val rows + myntra; new shop: hm's *test* products with every text vector moved by one
+    fixed offset (a shop whose title style shifts all its vectors), labels kept aside for the check."""
+    from pipelines.adapt.views import AdaptViews, training_side
+
+    rows = training_side(env["tables"])
+    rows = rows[[bool(p) for p in rows["category_path"]]].reset_index(drop=True)
+    texts = (rows["title"].astype(str) + " . " + rows["description"].fillna("").astype(str)).tolist()
+    vectors, ok = env["embed"](texts)
+    new = ((rows["platform"] == "hm") & (rows["split"] == "test")).to_numpy()
+    direction = np.random.default_rng(0).normal(size=vectors.shape[1])
+    moved = vectors[new] + offset_norm * direction / np.linalg.norm(direction)
+    moved /= np.linalg.norm(moved, axis=1, keepdims=True)
+    views = AdaptViews(["text"], {}, {"text": vectors[~new]}, {"text": ok[~new]},
+                       rows.loc[~new, "platform"].to_numpy().astype(str),
+                       [tuple(p) for p in rows.loc[~new, "category_path"]], rows.loc[~new, "split"].to_numpy(),
+                       "hm-restyled", {"text": moved.astype(np.float32)}, {"text": ok[new]},
+                       rows.loc[new, "group_id"].astype(str).to_numpy())
+    return views, [tuple(p) for p in rows.loc[new, "category_path"]]
+
+
+def _accuracy(paths, truth) -> float:
+    return float(np.mean([tuple(p[:len(t)]) == t for p, t in zip(paths, truth)]))
+
+
+def _rounds(views, env, tmp_path, cfg):
+    from pipelines.adapt.adapted import adaptation_rounds
+
+    return list(adaptation_rounds(views, cfg, env["taxonomy"], tmp_path, seed=0, threads=1, max_epochs=8))
+
+
+def test_centring_restores_accuracy_on_a_shop_whose_vectors_are_offset(env, tmp_path):
+    from pipelines.adapt.adapted import AdaptConfig
+
+    views, truth = _shifted_views(env, offset_norm=1.5)
+    plain = _rounds(views, env, tmp_path / "plain", AdaptConfig(centre=(), self_train_rounds=0))[0]
+    centred = _rounds(views, env, tmp_path / "centred", AdaptConfig(centre=("text",), self_train_rounds=0))[0]
+    unshifted, _ = _shifted_views(env, offset_norm=0.0)
+    reference = _rounds(unshifted, env, tmp_path / "ref", AdaptConfig(centre=(), self_train_rounds=0))[0]
+    acc = {name: _accuracy(r.new_prediction.paths, truth)
+           for name, r in (("plain", plain), ("centred", centred), ("reference", reference))}
+    assert acc["plain"] < acc["reference"] - 0.2, acc  # the offset really hurts
+    assert acc["centred"] > acc["plain"] + 0.2, acc  # centring takes it away ...
+    assert acc["centred"] >= acc["reference"] - 0.1, acc  # ... nearly all of it
+
+
+def test_self_training_learns_the_shifted_shop_from_its_confident_products(env, tmp_path):
+    from pipelines.adapt.adapted import AdaptConfig
+
+    views, truth = _shifted_views(env, offset_norm=0.6)
+    before, after = _rounds(views, env, tmp_path, AdaptConfig(centre=(), self_train_rounds=1))
+    pseudo, rows = after.pseudo, after.pseudo_rows
+    assert 0 < pseudo["products"] == rows.sum() < len(truth) and 0 < pseudo["threshold"] < 1
+    # the threshold from the training shops' validation rows picks the products the model gets right more often
+    right = np.array([tuple(p[:len(t)]) == t for p, t in zip(before.new_prediction.paths, truth)])
+    assert right[rows].mean() > right[~rows].mean() + 0.05
+    # the retrained model took them in: it predicts its pseudo-labels and is surer of the new shop than before
+    assert np.mean([tuple(after.new_prediction.paths[i]) == after.pseudo_labels[i] for i in np.flatnonzero(rows)]) > 0.9
+    assert np.median(after.new_prediction.prob) > np.median(before.new_prediction.prob)
+
+
+def test_pseudo_labels_take_whole_agreeing_groups_under_a_per_leaf_cap():
+    from pipelines.adapt.pseudo_labels import PseudoLabelConfig, select_pseudo_labels, threshold_at_precision
+
+    a, b, c = ("Clothing", "Tops"), ("Footwear", "Shoes"), ("Bags",)
+    paths = [a] * 60 + [b, b, a] + [c] * 3  # 60 one-product groups of a; a group whose variants disagree; 3 of c
+    conf = np.r_[np.linspace(0.99, 0.9, 60), 0.99, 0.99, 0.99, 0.96, 0.97, 0.98]
+    groups = [f"g{i}" for i in range(60)] + ["split", "split", "split"] + ["c1", "c2", "c3"]
+    cfg = PseudoLabelConfig(balance=1.0, min_groups_per_leaf=10)
+    mask, labels, summary = select_pseudo_labels(paths, conf, groups, threshold=0.95, cfg=cfg)
+    confident_a = int((conf[:60] >= 0.95).sum())
+    assert not mask[60:63].any()  # the disagreeing group is left out
+    assert summary["groups_confident"] == confident_a + 3
+    cap = max(10, -(-(confident_a + 3) // 2))  # balance x the mean accepted groups per leaf (2 leaves)
+    assert cap < confident_a and mask[:60].sum() == cap and mask[:cap].all()  # a capped, most confident first
+    assert mask[63:].all()  # the rare leaf keeps all of its confident groups
+    assert all(l == (a if i < 60 else c) for i, (l, m) in enumerate(zip(labels, mask)) if m)
+    # the threshold keeps the training shops' validation precision
+    assert threshold_at_precision([0.9, 0.8, 0.7, 0.6], [True, True, False, False], 0.99) == 0.8
+    assert threshold_at_precision([0.9], [False], 0.99) == 1.0
+
+
+def test_bad_settings_are_named_errors():
+    from pipelines.adapt.measure import BadCentres, parse_centres
+    from pipelines.adapt.pseudo_labels import BadPseudoLabelConfig, PseudoLabelConfig, select_pseudo_labels
+
+    assert parse_centres("none,text,text+lexical") == ((), ("text",), ("text", "lexical"))
+    with pytest.raises(BadCentres, match="image"):
+        parse_centres("none,image")
+    with pytest.raises(BadPseudoLabelConfig, match="precision"):
+        select_pseudo_labels([], [], [], 0.5, PseudoLabelConfig(precision=1.5))
+
+
+# ---- the measurement end to end --------------------------------------------------------------------------------
+
+def test_measure_adaptation_on_the_sample_writes_json_report_and_section(env, tmp_path):
+    from pipelines.adapt.measure import AdaptMeasureConfig, measure_adaptation
+
+    md = tmp_path / "benchmark.md"
+    md.write_text("# Benchmark\n")
+    report = measure_adaptation(env["settings"], tmp_path / "out", holdouts=["hm"], benchmark_md=md,
+                                cfg=AdaptMeasureConfig(centres=((), ("text",)), rounds=1, max_epochs=2))
+    data = json.loads((tmp_path / "out" / "adaptation.json").read_text())
+    cell = data["shops"]["hm"]
+    assert set(cell["variants"]) == {"none", "self-train-x1", "centre-text", "centre-text, self-train-x1"}
+    assert cell["scored_on"] == "test" and cell["training_shops"] == ["myntra", "flipkart"]
+    for v in cell["variants"].values():
+        assert 0 < v["test"]["n"] < v["all"]["n"] and 0 <= v["test"]["hF1"] <= 1 and "acc_L1" in v["test"]
+    assert data["summary"]["after"] == "centre-text, self-train-x1"
+    text = md.read_text()
+    assert "Zero-label adaptation" in text and "| none (before) |" in text and text.startswith("# Benchmark")
+    assert report["files"]["md"].endswith("adaptation.md")
