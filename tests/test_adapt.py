@@ -187,3 +187,20 @@ def test_measure_adaptation_on_the_sample_writes_json_report_and_section(env, tm
     text = md.read_text()
     assert "Zero-label adaptation" in text and "| none (before) |" in text and text.startswith("# Benchmark")
     assert report["files"]["md"].endswith("adaptation.md")
+
+
+def test_onboarding_adapts_to_a_new_shop_and_not_to_a_training_shop(env, tmp_path):
+    from pipelines.adapt.adapted import AdaptConfig, AdaptedClassifier
+    from pipelines.adapt.onboarding import onboarding_classifier
+    from pipelines.settings import DATA
+
+    feed = DATA / "feeds" / "hm" / "google.tsv"
+    cfg = AdaptConfig(centre=("lexical",), self_train_rounds=1)
+    opts = dict(training_shops=["hm", "myntra", "flipkart"], cfg=cfg, modalities=("lexical",), max_epochs=2)
+    assert onboarding_classifier("hm", feed, None, env["settings"], out_dir=tmp_path / "hm", **opts) is None
+    classifier = onboarding_classifier("acme", feed, None, env["settings"], out_dir=tmp_path / "acme",
+                                       **opts | {"training_shops": ["myntra", "flipkart"]})
+    assert isinstance(classifier, AdaptedClassifier) and classifier.mode == "onboard-adapted"
+    assert classifier.info["new_shop"] == "acme" and classifier.info["training_shops"] == ["flipkart", "myntra"]
+    out = classifier.classify(["Slim-fit jeans in washed denim"], [""])
+    assert out["full_path"].iloc[0][0] == "Clothing"
