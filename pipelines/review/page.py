@@ -37,11 +37,15 @@ const $ = (id) => document.getElementById(id);
 const msg = (t) => { $('msg').textContent = t; };
 let hl = 0, shown = [];
 function reviewer() { return $('reviewer').value.trim(); }
+function keepName() {
+  document.cookie = 'prodcat_reviewer=' + encodeURIComponent(reviewer()) + '; path=/review; SameSite=Strict';
+}
+$('reviewer').addEventListener('change', keepName);
 function go(i) { location.href = '/review/' + S.queue + '?i=' + ((i + S.total) % S.total); }
 async function decide(decision, path) {
   const name = reviewer();
   if (!name) { msg('Enter your name first (it is recorded with every decision).'); $('reviewer').focus(); return; }
-  document.cookie = 'prodcat_reviewer=' + encodeURIComponent(name) + '; path=/review; SameSite=Strict';
+  keepName();
   const r = await fetch('/review/' + S.queue + '/decision', {method: 'POST', headers: {'content-type': 'application/json'},
     body: JSON.stringify({item_id: S.item_id, decision: decision, path: path || '', reviewer: name, index: S.index})});
   const doc = await r.json().catch(() => ({}));
