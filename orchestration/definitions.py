@@ -54,6 +54,7 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
         resources={
             "settings": ProdcatSettings.of(settings),
             "io_manager": ParquetIOManager(base_dir=str(settings.work_dir / "assets")),
+            "reviewed_labels_input": review.ReviewedLabelsInput(base_dir=str(settings.work_dir / "assets")),
         },
     )
 

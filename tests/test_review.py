@@ -2,6 +2,7 @@
 built from a real onboarding of the sample's H&M feed (real two-stage models), labels applied to the sample
 catalogue, mapping acceptance, the Label Studio round trip on a file, and the page's escaping and token cookie."""
 import json
+import os
 import shutil
 
 import pandas as pd
@@ -293,3 +294,60 @@ def test_review_routes_need_the_token_and_a_reviewer(source_dir, tmp_path, taxon
     assert client.get("/review/nope").status_code == 404
     assert client.get("/review/label_first/image/..%2F..%2Fpredictions.csv").status_code == 404
     assert "Footwear > Shoes" in client.get("/review/taxonomy", params={"q": "shoe"}).json()["nodes"]
+
+
+def test_accuracy_on_reviewed_items_per_model_version(store):
+    from pipelines.review.labels import review_accuracy_by_version
+
+    answers_by_version = {"v1": ["accept", "correct", "correct"], "v2": ["accept", "accept", "out_of_scope"]}
+    for version, answers in answers_by_version.items():
+        for i, decision in enumerate(answers):
+            path = "Clothing > Tops" if decision in ("accept", "correct") else ""
+            store.record("needs_review", "hm", str(i), decision, path, model_version=version, reviewer="ana")
+    store.record("needs_review", "hm", "0", "skip", model_version="v2", reviewer="bo")  # not an answer
+    table = review_accuracy_by_version(store.decisions()).set_index("model_version")
+    assert table.loc["v1", ["reviewed", "accepted", "corrected"]].tolist() == [3, 1, 2]
+    assert table.loc["v1", "accuracy"] == pytest.approx(1 / 3, abs=1e-4)
+    assert table.loc["v2", "accuracy"] == 1.0 and table.loc["v2", "out_of_scope"] == 1
+
+
+def test_reading_a_missing_decision_table_creates_nothing(tmp_path, taxonomy):
+    from pipelines.review.store import read_decisions
+
+    assert read_decisions(f"sqlite:///{tmp_path / 'review' / 'decisions.db'}", taxonomy).empty
+    assert not (tmp_path / "review").exists()
+
+
+def test_cli_review_export_import_and_mappings(source_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from pipelines.settings import ROOT
+
+    env = {**os.environ, "PRODCAT_WORK": str(tmp_path / "work")}
+    db = f"sqlite:///{tmp_path / 'decisions.db'}"
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "orchestration.cli", "review", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=900)
+
+    tasks_file = tmp_path / "tasks.json"
+    done = cli("export", "--source", str(source_dir), "--queue", "mappings", "--out", str(tasks_file))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "tasks.config.xml").read_text().startswith("<View>")
+    tasks = json.loads(tasks_file.read_text())
+    decided = [t for t in tasks if t["data"]["predicted_path"]][:2]
+    for task in decided:
+        task["annotations"] = [{"completed_by": {"email": "lena@example.com"},
+                                "result": task["predictions"][0]["result"]}]
+    (tmp_path / "export.json").write_text(json.dumps(decided))
+    done = cli("import", str(tmp_path / "export.json"), "--db", db)
+    assert done.returncode == 0 and "recorded 2 decisions" in done.stdout, done.stderr
+    table = tmp_path / "hm.csv"
+    done = cli("mappings", "--shop", "hm", "--out", str(table), "--db", db)
+    assert done.returncode == 0, done.stderr
+    rules = pd.read_csv(table)
+    assert sorted(rules["native_path"]) == sorted(t["data"]["item_id"] for t in decided)
+    (tmp_path / "bad.json").write_text(json.dumps([{"data": {}}]))
+    done = cli("import", str(tmp_path / "bad.json"), "--db", db)
+    assert done.returncode == 2 and "1 of 1 tasks cannot be imported" in done.stderr and "Traceback" not in done.stderr

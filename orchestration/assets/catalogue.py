@@ -57,7 +57,7 @@ def normalized_products(context: AssetExecutionContext, settings: ProdcatSetting
 
 @asset(group_name="catalogue", code_version="2",
        ins={"normalized_products": AssetIn(key="normalized_products"),
-            "reviewed_labels": AssetIn(key="reviewed_labels")},
+            "reviewed_labels": AssetIn(key="reviewed_labels", input_manager_key="reviewed_labels_input")},
        description="Union of every platform's normalised products, reviewers' labels applied (reviewed_labels); "
                    "uid = platform:product_id.")
 def catalogue(normalized_products: dict, reviewed_labels: pd.DataFrame) -> Output[pd.DataFrame]:

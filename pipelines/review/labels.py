@@ -76,3 +76,20 @@ def apply_reviewed_labels(catalogue: pd.DataFrame, reviewed: pd.DataFrame) -> Re
     kept = products.drop(index=products.index[drop]).reset_index(drop=True)
     return ReviewedCatalogue(kept, unmapped.reset_index(drop=True), relabelled, confirmed,
                              len(set(answers) - set(keys)))
+
+
+def review_accuracy_by_version(decisions: pd.DataFrame) -> pd.DataFrame:
+    """How often reviewers agreed with each model version on the products they reviewed (latest answer per product
+    and version; accept = right, correct = wrong, out of scope counted apart): model_version, reviewed, accepted,
+    corrected, out_of_scope, accuracy. The figure a report follows from version to version."""
+    rows = decisions[decisions["queue"].isin(PRODUCT_QUEUES) & (decisions["decision"] != "skip")]
+    rows = rows.sort_values("id", kind="stable").drop_duplicates(["model_version", "shop", "item_id"], keep="last")
+    out = []
+    for version, group in rows.groupby("model_version", sort=True):
+        counts = group["decision"].value_counts()
+        accepted, corrected = int(counts.get("accept", 0)), int(counts.get("correct", 0))
+        out.append({"model_version": version, "reviewed": len(group), "accepted": accepted, "corrected": corrected,
+                    "out_of_scope": int(counts.get("out_of_scope", 0)),
+                    "accuracy": round(accepted / (accepted + corrected), 4) if accepted + corrected else None})
+    return pd.DataFrame(out, columns=["model_version", "reviewed", "accepted", "corrected", "out_of_scope",
+                                      "accuracy"])

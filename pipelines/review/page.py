@@ -46,7 +46,8 @@ async function decide(decision, path) {
   const name = reviewer();
   if (!name) { msg('Enter your name first (it is recorded with every decision).'); $('reviewer').focus(); return; }
   keepName();
-  const r = await fetch('/review/' + S.queue + '/decision', {method: 'POST', headers: {'content-type': 'application/json'},
+  const r = await fetch('/review/' + S.queue + '/decision', {method: 'POST',
+    headers: {'content-type': 'application/json'},
     body: JSON.stringify({item_id: S.item_id, decision: decision, path: path || '', reviewer: name, index: S.index})});
   const doc = await r.json().catch(() => ({}));
   if (!r.ok) { msg(doc.detail || doc.error || ('error ' + r.status)); return; }
@@ -57,7 +58,8 @@ function render() {
   shown = S.nodes.filter((n) => n.toLowerCase().includes(q)).slice(0, 40);
   hl = Math.min(hl, Math.max(shown.length - 1, 0));
   const ul = $('nodes'); ul.replaceChildren();
-  shown.forEach((n, i) => { const li = document.createElement('li'); li.textContent = n; if (i === hl) li.className = 'hl';
+  shown.forEach((n, i) => {
+    const li = document.createElement('li'); li.textContent = n; if (i === hl) li.className = 'hl';
     li.onclick = () => decide('correct', n); ul.appendChild(li); });
 }
 $('search').addEventListener('input', () => { hl = 0; render(); });

@@ -48,9 +48,28 @@ class MissingReviewer(ReviewError):
 
 def default_review_db(work_dir) -> str:
     """sqlite:///<work>/review/decisions.db (the folder is created)."""
-    folder = Path(work_dir) / "review"
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder / 'decisions.db'}"
+    path = review_db_path(work_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def read_decisions(url: str, taxonomy) -> pd.DataFrame:
+    """Every decision behind `url`; an SQLite file that does not exist yet is no decision (and is not created:
+    reading the table must not write to the work dir)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(str(url))
+    if parsed.get_backend_name() == "sqlite" and parsed.database and not Path(parsed.database).exists():
+        return pd.DataFrame(columns=COLUMNS)
+    store = DecisionStore(url, taxonomy)
+    try:
+        return store.decisions()
+    finally:
+        store.close()
+
+
+def review_db_path(work_dir) -> Path:
+    return Path(work_dir) / "review" / "decisions.db"
 
 
 def validate_decision(queue: str, decision: str, path: str, reviewer: str, taxonomy) -> tuple[str, str]:
