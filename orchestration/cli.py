@@ -103,7 +103,8 @@ def cmd_serve(args) -> int:
 
     token = args.token or os.environ.get("PRODCAT_TOKEN") or None  # required to bind beyond loopback
     return serve(args.host, args.port, build_settings(args), model_dir=args.model, mode=args.stage, token=token,
-                 review_dir=args.review, review_db=args.review_db)
+                 review_dir=args.review, review_db=args.review_db,
+                 review_export=(args.review_platform, Path(args.review_input)) if args.review_input else None)
 
 
 def cmd_bench_serve(args) -> int:

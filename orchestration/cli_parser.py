@@ -106,6 +106,9 @@ def add_model_commands(sub, commands) -> None:
                    "`prodcat onboard` (or classify) holding predictions.csv")
     p.add_argument("--review-db", default=None, help="SQLAlchemy URL of the decision table (default: "
                    "sqlite:///<work>/review/decisions.db)")
+    p.add_argument("--review-platform", default=None, help="with --review-input: the shop of a `prodcat classify` "
+                   "output given as --review (its predictions file or folder)")
+    p.add_argument("--review-input", default=None, help="the raw export that classify read (texts and images)")
     p.set_defaults(fn=commands.cmd_serve)
 
 

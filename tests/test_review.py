@@ -351,3 +351,25 @@ def test_cli_review_export_import_and_mappings(source_dir, tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps([{"data": {}}]))
     done = cli("import", str(tmp_path / "bad.json"), "--db", db)
     assert done.returncode == 2 and "1 of 1 tasks cannot be imported" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_queue_from_a_classify_output_joined_to_its_export(two_stage_models, tmp_path):
+    """`prodcat classify` writes no texts: the needs_review queue joins its predictions to the raw export."""
+    from pipelines.inference.export import classify_export
+    from pipelines.review.queues import ReviewSourceError, load_review_source, read_output_csv
+    from pipelines.settings import SAMPLE_DIR
+
+    out = tmp_path / "classify" / "predictions.csv"
+    classify_export("hm", SAMPLE_DIR / "hm", out, two_stage_models["settings"], mode="stage1", progress=False)
+    pred = read_output_csv(out)
+    flagged = pred[pred["needs_review"] == "True"]
+    with pytest.raises(ReviewSourceError, match="no products.parquet"):
+        load_review_source(out)
+    source = load_review_source(out, export=("hm", SAMPLE_DIR / "hm"))
+    queue = source.queues["needs_review"]
+    assert source.shop == "hm" and [i.item_id for i in queue.items] == flagged["product_id"].tolist()
+    assert len(queue.items) > 0 and all(i.title for i in queue.items)
+    assert sum(i.image is not None for i in queue.items) > len(queue.items) / 2
+    item = next(i for i in queue.items if i.image is not None)
+    assert queue.image_file(item.image_name) == item.image.resolve()
+    assert not source.queues["label_first"].items and not source.queues["mappings"].items

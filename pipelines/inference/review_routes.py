@@ -33,11 +33,12 @@ class ReviewApp:
     store: object  # pipelines.review.store.DecisionStore
 
     @classmethod
-    def open(cls, folder, db_url: str, taxonomy) -> "ReviewApp":
+    def open(cls, folder, db_url: str, taxonomy, export: tuple | None = None) -> "ReviewApp":
+        """`export` = (platform, raw export dir) when `folder` is a `prodcat classify` output (no texts of its own)."""
         from pipelines.review.queues import load_review_source
         from pipelines.review.store import DecisionStore
 
-        return cls(load_review_source(folder), DecisionStore(db_url, taxonomy))
+        return cls(load_review_source(folder, export=export), DecisionStore(db_url, taxonomy))
 
 
 def _cookies(scope) -> dict:

@@ -215,18 +215,20 @@ def uvicorn_config(app: FastAPI, host: str, port: int, limits: ServiceLimits):
                           limit_concurrency=limits.max_connections)
 
 
-def open_review(settings, review_dir, review_db: str | None = None):
-    """The review page's source (an onboard/classify output folder) and decision store (default: the work dir's)."""
+def open_review(settings, review_dir, review_db: str | None = None, review_export: tuple | None = None):
+    """The review page's source (an onboard output folder, or a classify output with `review_export` = (platform,
+    export dir)) and decision store (default: the work dir's)."""
     from pipelines.inference.review_routes import ReviewApp
     from pipelines.review.store import default_review_db
     from pipelines.taxonomy.tree import load_taxonomy
 
     return ReviewApp.open(review_dir, review_db or default_review_db(settings.work_dir),
-                          load_taxonomy(settings.taxonomy_path))
+                          load_taxonomy(settings.taxonomy_path), review_export)
 
 
 def serve(host: str, port: int, settings, model_dir=None, mode: str = "routed", token: str | None = None,
-          limits: ServiceLimits | None = None, review_dir=None, review_db: str | None = None) -> int:
+          limits: ServiceLimits | None = None, review_dir=None, review_db: str | None = None,
+          review_export: tuple | None = None) -> int:
     """Check the bind rule (a token beyond loopback) before anything loads, load the models (a missing champion or
     a manifest mismatch is a clear error and exit code 2 from the CLI, not a failed uvicorn startup), then serve
     until interrupted."""
@@ -237,7 +239,7 @@ def serve(host: str, port: int, settings, model_dir=None, mode: str = "routed", 
 
     limits = limits or ServiceLimits()
     check_bind(host, token)
-    review = open_review(settings, review_dir, review_db) if review_dir else None  # a bad folder fails first
+    review = open_review(settings, review_dir, review_db, review_export) if review_dir else None  # fails first
     classifier = TwoStage.load(settings, model_dir, mode)
     # the service's parallelism is across requests (two model workers, the event loop, image decoders): torch
     # spreading each small micro-batch over every core costs more in synchronisation than it saves (3 ms -> 30 ms

@@ -179,15 +179,39 @@ def _source_info(folder: Path, shop: str | None) -> tuple[str, str]:
     return shop or info.get("shop") or folder.name, version
 
 
+def export_products(platform: str, input_dir) -> pd.DataFrame:
+    """The texts and image paths of a raw shop export (what `prodcat classify` read), image paths made absolute."""
+    from pipelines.inference.export import read_export_unlabelled
+
+    if not platform:
+        raise ReviewSourceError(f"the export {input_dir} needs its shop's name (--review-platform)")
+    products, _, _ = read_export_unlabelled(platform, input_dir)
+    products["image_path"] = [str(Path(p).resolve()) if isinstance(p, str) and p and "://" not in p else p
+                              for p in products["image_path"]]
+    return products
+
+
+def read_predictions(path: Path) -> pd.DataFrame:
+    """predictions.csv of `prodcat onboard`, or the .csv / .parquet file `prodcat classify --out` wrote."""
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path).astype(str)
+    return read_output_csv(path)
+
+
 def load_review_source(folder, products: pd.DataFrame | None = None, shop: str | None = None,
-                       model_version: str | None = None) -> ReviewSource:
-    """The queues of an output folder. `products` (product_id, title, description, image_path) replaces the
-    folder's products.parquet, e.g. for a `prodcat classify` output joined to its raw export."""
+                       model_version: str | None = None, export: tuple | None = None) -> ReviewSource:
+    """The queues of an output folder (or of a predictions file). The products' texts and images come from
+    `products` (product_id, title, description, image_path), else from `export` = (platform, raw export dir) -
+    for a `prodcat classify` output - else from the folder's products.parquet (`prodcat onboard`)."""
     folder = Path(folder)
-    if not (folder / "predictions.csv").is_file():
-        raise ReviewSourceError(f"{folder}: no predictions.csv (give an output folder of `prodcat onboard`, or of "
-                                "`prodcat classify --out DIR/predictions.csv`)")
-    predictions = read_output_csv(folder / "predictions.csv")
+    pred_file, folder = (folder, folder.parent) if folder.is_file() else (folder / "predictions.csv", folder)
+    if not pred_file.is_file():
+        raise ReviewSourceError(f"{folder}: no predictions.csv (give an output folder of `prodcat onboard`, or the "
+                                "predictions file of `prodcat classify` with its export)")
+    predictions = read_predictions(pred_file)
+    if products is None and export is not None:
+        products = export_products(*export)
+        shop = shop or export[0]
     if products is None and (folder / "products.parquet").is_file():
         products = pd.read_parquet(folder / "products.parquet")
     if products is None and "title" not in predictions.columns:
