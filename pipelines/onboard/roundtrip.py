@@ -44,17 +44,22 @@ def _image_hash(path) -> str:
 
 
 def compare_products(native: pd.DataFrame, feed: pd.DataFrame, native_images: dict) -> dict:
-    """Products matched on product_id: how many are in both, and per field how many of those are equal."""
+    """Products matched on product_id: how many are in both; per field how many of those are equal, and how many
+    are empty natively but filled in the feed (`from_group`: Shopify gives a variant row that leaves a product
+    field empty - Vendor, Image Src - its product's value, and a native image that could not be read is not
+    exported, so it comes back as a sibling's). Those are counted apart, never as equal."""
     a = native.assign(product_id=native["product_id"].astype(str)).set_index("product_id")
     b = feed.assign(product_id=feed["product_id"].astype(str)).set_index("product_id")
     both = a.index.intersection(b.index)
-    equal = {f: int(sum(_same(a.at[i, f], b.at[i, f]) for i in both)) for f in PRODUCT_FIELDS if f in a and f in b}
-    pairs = [(native_images.get(i, ""), _image_hash(b.at[i, "image_path"])) for i in both]
-    equal["image"] = sum(own == read for own, read in pairs)
-    # Shopify gives a variant without its own image the product's (Image Src): a native image that could not be
-    # read (so not written) comes back as a sibling's. Counted apart, not as equal.
-    inherited = sum(own == "" and read != "" for own, read in pairs)
-    return {"native": len(a), "feed": len(b), "matched": len(both), "equal": equal, "image_from_group": inherited}
+    pairs = {f: [(a.at[i, f], b.at[i, f]) for i in both] for f in PRODUCT_FIELDS if f in a and f in b}
+    pairs["image"] = [(native_images.get(i, ""), _image_hash(b.at[i, "image_path"])) for i in both]
+    equal = {f: sum(_same(x, y) for x, y in p) for f, p in pairs.items()}
+    from_group = {f: sum(_empty(x) and not _empty(y) for x, y in p) for f, p in pairs.items()}
+    return {"native": len(a), "feed": len(b), "matched": len(both), "equal": equal, "from_group": from_group}
+
+
+def _empty(x) -> bool:
+    return x is None or (not isinstance(x, (list, tuple, np.ndarray)) and (pd.isna(x) or str(x) == ""))
 
 
 def _same(x, y) -> bool:
@@ -105,11 +110,10 @@ def roundtrip_shop(shop: str, settings, export, predictions, proposal, onboard, 
 
 
 def roundtrip_identical(cell: dict) -> bool:
-    """Same products (every one matched, every field equal; an unreadable native image may come back as its group's
-    image in Shopify's format, reported apart), same predictions and the same proposal."""
+    """Same products (every one matched, every field equal, or empty natively and given its group's value by
+    Shopify's format, reported apart), same predictions and the same proposal."""
     p, q, m = cell["products"], cell["predictions"], cell["proposal"]
-    fields_equal = all(v == p["matched"] for k, v in p["equal"].items() if k != "image")
-    images_equal = p["equal"]["image"] + p["image_from_group"] == p["matched"]
-    return (p["native"] == p["feed"] == p["matched"] and fields_equal and images_equal
+    fields_equal = all(p["equal"][f] + p["from_group"][f] == p["matched"] for f in p["equal"])
+    return (p["native"] == p["feed"] == p["matched"] and fields_equal
             and all(v == q["compared"] for v in q["equal"].values())
             and m["rows"] == m["feed_rows"] == m["equal_rows"])
