@@ -204,3 +204,17 @@ def test_onboarding_adapts_to_a_new_shop_and_not_to_a_training_shop(env, tmp_pat
     assert classifier.info["new_shop"] == "acme" and classifier.info["training_shops"] == ["flipkart", "myntra"]
     out = classifier.classify(["Slim-fit jeans in washed denim"], [""])
     assert out["full_path"].iloc[0][0] == "Clothing"
+
+
+def test_strategy_choice_for_a_shop_reads_only_the_other_holdouts():
+    from pipelines.adapt.measure import chosen_on_other_holdouts
+
+    def cell(shop, scores):
+        return {"holdout": shop, "variants": {n: {"test": {"hF1": v}} for n, v in scores.items()}}
+
+    cells = [cell("a", {"none": 0.80, "st": 0.99}), cell("b", {"none": 0.90, "st": 0.85}),
+             cell("c", {"none": 0.90, "st": 0.80})]
+    picks = chosen_on_other_holdouts(cells)["per_shop"]
+    # a's own 0.99 does not choose for a: b and c prefer none; b is chosen by a + c (none 0.85, st 0.895)
+    assert picks["a"] == {"strategy": "none", "test_hF1": 0.80}
+    assert picks["b"] == {"strategy": "st", "test_hF1": 0.85} and picks["c"]["strategy"] == "st"

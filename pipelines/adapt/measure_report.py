@@ -10,11 +10,19 @@ def _pct(value) -> str:
 def ablation_table(report: dict) -> list[str]:
     shops = list(report["shops"])
     summary = report["summary"]
-    lines = ["| strategy | " + " | ".join(shops) + " | mean |", "|---" * (len(shops) + 2) + "|"]
+    lines = ["| strategy | " + " | ".join(shops) + " | mean | in-distribution val hF1 % (training shops) |",
+             "|---" * (len(shops) + 3) + "|"]
     for name, mean in summary["mean_test_hF1"].items():
         tag = " (before)" if name == summary["before"] else " (**after**, primary)" if name == summary["after"] else ""
-        cells = [_pct(report["shops"][s]["variants"][name]["test"].get("hF1")) for s in shops]
-        lines.append(f"| {name}{tag} | " + " | ".join(cells) + f" | {_pct(mean)} |")
+        variants = [report["shops"][s]["variants"][name] for s in shops]
+        val = " / ".join(_pct(v["classifier"].get("val_hF1")) for v in variants)
+        lines.append(f"| {name}{tag} | " + " | ".join(_pct(v["test"].get("hF1")) for v in variants)
+                     + f" | {_pct(mean)} | {val} |")
+    chosen = summary.get("chosen_on_other_holdouts") or {}
+    if chosen:
+        picks = ", ".join(f"{s}: {p['strategy']} {_pct(p['test_hF1'])}" for s, p in chosen["per_shop"].items())
+        lines += ["", f"Strategy chosen per shop on the *other* holdouts' test hF1 (this shop's labels unread): "
+                      f"{picks}; mean {_pct(chosen['mean_test_hF1'])}, lowest {_pct(chosen['min_test_hF1'])}."]
     return lines
 
 
