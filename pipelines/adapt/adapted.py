@@ -20,7 +20,11 @@ from pipelines.onboard.classifier import ShopClassifier
 
 @dataclass(frozen=True)
 class AdaptConfig:
-    centre: tuple = ("text",)  # views centred per shop; () = off
+    """Default: self-training on, centring off. On the full benchmark (reports/adaptation) self-training alone raised
+    the three holdouts' mean test hF1 from 86.9 to 89.6%, while centring the text view lowered it (83.6% alone, 88.0%
+    with self-training): shops' category mixes differ, so a shop's mean carries category evidence too."""
+
+    centre: tuple = ()  # views centred per shop (e.g. ("text",)); () = off
     self_train_rounds: int = 1  # 0 = off
     pseudo: PseudoLabelConfig = PseudoLabelConfig()
 
