@@ -147,7 +147,8 @@ def test_catalogue_stage_writes_exactly_its_declared_outputs(pipeline, tmp_path)
     work = tmp_path / "work"
     local = {**params, "data": {"raw": str(SAMPLE_DIR), "work": str(work)}}
     summary = stages.run("catalogue", stages.settings_from_params(local), tmp_path / "dagster", log=lambda _: None)
-    assert {k.split("[")[0] for k in summary if k != "__checks__"} == {"normalized_products", "catalogue", "splits"}
+    assert {k.split("[")[0] for k in summary if k != "__checks__"} == {"normalized_products", "reviewed_labels", "catalogue",
+                                                                                  "splits"}
     declared = {out[len(dvc_work(pipeline)):] for out in _outs(dvc["stages"]["catalogue"])}
     files = [p.relative_to(work).as_posix() for p in work.rglob("*") if p.is_file()]
     undeclared = [f for f in files if not any(f == d or f.startswith(d + "/") for d in declared)]

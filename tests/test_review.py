@@ -309,6 +309,12 @@ def test_accuracy_on_reviewed_items_per_model_version(store):
     assert table.loc["v1", ["reviewed", "accepted", "corrected"]].tolist() == [3, 1, 2]
     assert table.loc["v1", "accuracy"] == pytest.approx(1 / 3, abs=1e-4)
     assert table.loc["v2", "accuracy"] == 1.0 and table.loc["v2", "out_of_scope"] == 1
+    # the benchmark report's review section follows the same figures from version to version
+    from pipelines.review.report import review_section
+
+    section = review_section(store.decisions())
+    assert "| v1 | 3 | 1 | 2 | 0 | 33.33 |" in section and "| v2 | 3 | 2 | 0 | 1 | 100.00 |" in section
+    assert "No product reviewed yet" in review_section(store.decisions().iloc[:0])
 
 
 def test_reading_a_missing_decision_table_creates_nothing(tmp_path, taxonomy):

@@ -94,10 +94,22 @@ def beats_best_baseline(classifiers: pd.DataFrame, baselines: pd.DataFrame) -> A
                   "margin_points": round(margin, 2), "best_baseline": name})
 
 
-@asset(group_name="reports", code_version="2",
+def _merge_review_section(config, md):
+    from pipelines.reports.sections import merge_section_file
+    from pipelines.review.report import SECTION, review_section
+    from pipelines.review.store import read_decisions, review_db_path
+    from pipelines.taxonomy.tree import load_taxonomy
+
+    decisions = read_decisions(f"sqlite:///{review_db_path(config.work_dir)}", load_taxonomy(config.taxonomy_path))
+    merge_section_file(md, SECTION, review_section(decisions))
+
+
+@asset(group_name="reports", code_version="3",
        ins={"classifiers": AssetIn("classifiers"), "baselines": AssetIn("baselines"), "catalogue": AssetIn("catalogue")},
+       deps=["reviewed_labels"],
        description="benchmark.json + the benchmark section of benchmark.md: every strategy and baseline, overall "
-                   "and per platform (test split).")
+                   "and per platform (test split); its review section: accuracy on reviewed products by model "
+                   "version.")
 def benchmark_report(settings: ProdcatSettings, classifiers: dict, baselines: pd.DataFrame,
                      catalogue: pd.DataFrame) -> Output[pd.DataFrame]:
     from pipelines.reports.benchmark import write_benchmark_report
@@ -107,6 +119,7 @@ def benchmark_report(settings: ProdcatSettings, classifiers: dict, baselines: pd
     meta = {"data": str(settings.value.data_root.resolve()), "platforms": sorted(catalogue["platform"].unique()),
             "n_test": int((catalogue["split"] == "test").sum()), "n_train": int((catalogue["split"] == "train").sum())}
     _, md = write_benchmark_report(rows, settings.work("report"), meta)
+    _merge_review_section(settings.value, md)
     table = pd.DataFrame([{"name": k, "test_hF1": v["test"]["hF1"], "val_hF1": v["val"]["hF1"]}
                           for k, v in rows.items()])
     return Output(table, metadata={"report": MetadataValue.md(md.read_text()), "path": str(md)})
