@@ -68,6 +68,14 @@ class Hierarchy:
             conf[present, lvl] = c.cpu()[present.nonzero().squeeze(1), idx[present]].exp()
         return best.cpu(), conf, scores.gather(1, best[:, None]).squeeze(1).exp().cpu()
 
+    def runners_up(self, logits: list[torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k valid full paths after the best, for a reviewer choosing another: (leaf indices [B, k], path
+        probabilities [B, k]), best first. Same scores as `decode`, so the best path is never repeated."""
+        scores = self.leaf_scores(self.conditional_log_probs(logits))
+        k = max(0, min(k, scores.shape[1] - 1))
+        top = scores.topk(k + 1, dim=1)
+        return top.indices[:, 1:].cpu(), top.values[:, 1:].exp().cpu()
+
     def greedy(self, logits: list[torch.Tensor]) -> list[tuple]:
         """Per-level argmax without masking (for comparison only: may give invalid paths)."""
         picks = [z.argmax(1).tolist() for z in logits]

@@ -125,7 +125,9 @@ def test_classify_cli_on_raw_sample_exports(two_stage_models, tmp_path):
         assert s["rows_in"] == s["classified"] + s["quarantined"] == len(table) + len(quarantine)
         assert s["rows_in"] == norm.coverage["rows_in"]
         assert list(table.columns) == ["product_id", "category_path", "conf_L1", "conf_L2", "conf_L3", "stage",
-                                       "needs_review"]
+                                       "needs_review", "alt1_path", "alt1_score", "alt2_path", "alt2_score"]
+        alternatives = [parse_path(p) for p in table["alt1_path"].tolist() + table["alt2_path"].tolist()]
+        assert all(taxonomy.is_valid_path(p) for p in alternatives)  # the runners-up a reviewer may pick instead
         assert quarantine["reason"].notna().all()
         assert not any(r.startswith(("unknown native category", "unmapped")) for r in quarantine["reason"])
         paths = [parse_path(p) if isinstance(p, str) else () for p in table["category_path"]]

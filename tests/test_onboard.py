@@ -353,3 +353,16 @@ def test_onboard_with_the_two_stage_champion_routes_and_flags(two_stage_models, 
     assert set(pred["stage"]) <= {1, 2} and pred["model_path"].str.len().gt(0).all()
     assert (pred.loc[pred["out_of_scope"], "category_path"] == "").all()
     assert summary["out_of_scope"] <= 5  # H&M fashion: the detector leaves it in scope
+
+
+def test_predictions_carry_the_models_runners_up_for_the_reviewer(env, flipkart_onboarded):
+    """Each prediction lists the two next-best valid taxonomy paths (what the review page offers besides the
+    prediction): never the predicted path, each a real node path, in descending probability."""
+    from pipelines.taxonomy.tree import parse_path
+
+    p = flipkart_onboarded["predictions"]
+    assert (p["alt1_path"] != "").all() and (p["alt2_path"] != "").all()
+    assert (p["alt1_path"] != p["model_path"]).all() and (p["alt2_path"] != p["alt1_path"]).all()
+    assert (p["alt1_score"] >= p["alt2_score"]).all() and p["alt1_score"].between(0, 1).all()
+    leaves = {tuple(x) for x in env["classifier"].stage.model.hierarchy.leaves}
+    assert all(parse_path(a) in leaves for a in p["alt1_path"]) and all(parse_path(a) in leaves for a in p["alt2_path"])

@@ -19,6 +19,7 @@ class Prediction:
     paths: list  # best valid leaf path per row (tuples)
     conf: np.ndarray  # [N, depth] calibrated p(node | parent) along the path, NaN below a shallow leaf
     prob: np.ndarray  # [N] calibrated path probability (the routing score)
+    alternatives: list | None = None  # per row [(path, calibrated path probability)], the runners-up, best first
 
 
 def level_logits(model, features: dict, available: dict, batch_size: int = 4096) -> list:
@@ -39,15 +40,22 @@ def level_logits(model, features: dict, available: dict, batch_size: int = 4096)
     return [torch.cat([p[lvl] for p in parts]) for lvl in range(model.hierarchy.depth)]
 
 
+ALTERNATIVES = 2  # runners-up kept per prediction (the review page shows them)
+
+
 def decode(model, logits: list, temperatures) -> Prediction:
     import torch
 
     h = model.hierarchy
     if not len(logits[0]):
-        return Prediction([], np.zeros((0, h.depth), np.float32), np.zeros(0, np.float32))
+        return Prediction([], np.zeros((0, h.depth), np.float32), np.zeros(0, np.float32), [])
     with torch.inference_mode():
-        best, conf, prob = h.decode([z / float(t) for z, t in zip(logits, temperatures)])
-    return Prediction([h.leaves[i] for i in best.tolist()], conf.numpy(), prob.numpy())
+        scaled = [z / float(t) for z, t in zip(logits, temperatures)]
+        best, conf, prob = h.decode(scaled)
+        alt_idx, alt_prob = h.runners_up(scaled, ALTERNATIVES)
+    alternatives = [[(h.leaves[i], round(float(p), 4)) for i, p in zip(row_i, row_p)]
+                    for row_i, row_p in zip(alt_idx.tolist(), alt_prob.tolist())]
+    return Prediction([h.leaves[i] for i in best.tolist()], conf.numpy(), prob.numpy(), alternatives)
 
 
 def _level_nll(hierarchy, logits: list, labels_idx, lvl: int, temperature: float) -> tuple[float, int]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipelines.files import OutputPathError, atomic_write_csv, atomic_write_parquet, check_output_path
@@ -47,6 +48,19 @@ def read_export_unlabelled(platform: str, input_dir) -> tuple[pd.DataFrame, pd.D
     return df, pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS), counter["rows_in"]
 
 
+def alternative_columns(alternatives, n: int, k: int = 2) -> pd.DataFrame:
+    """alt1_path, alt1_score, ...: the answering model's runners-up, best first ('' / NaN where a row has fewer),
+    for a reviewer choosing another path (the review page shows them)."""
+    from pipelines.taxonomy.tree import path_str
+
+    rows = list(alternatives) if alternatives is not None else [[] for _ in range(n)]
+    cols = {}
+    for j in range(k):
+        cols[f"alt{j + 1}_path"] = [path_str(r[j][0]) if len(r) > j else "" for r in rows]
+        cols[f"alt{j + 1}_score"] = [round(float(r[j][1]), 4) if len(r) > j else np.nan for r in rows]
+    return pd.DataFrame(cols)
+
+
 def output_table(products: pd.DataFrame, result: pd.DataFrame, depth: int) -> pd.DataFrame:
     from pipelines.taxonomy.tree import path_str
 
@@ -56,7 +70,7 @@ def output_table(products: pd.DataFrame, result: pd.DataFrame, depth: int) -> pd
         out[f"conf_L{lvl + 1}"] = result[f"conf_L{lvl + 1}"].to_numpy().astype(float).round(4)
     out["stage"] = result["stage"].to_numpy()
     out["needs_review"] = result["needs_review"].to_numpy()
-    return out
+    return out.join(alternative_columns(result.get("alternatives"), len(out)))
 
 
 def _check_suffix(path: Path):

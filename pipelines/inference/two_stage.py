@@ -153,15 +153,16 @@ class TwoStage:
     def classify(self, titles, descriptions, image_paths, num_workers: int | None = 0,
                  progress: bool = False) -> pd.DataFrame:
         """-> one row per product: category_path (tuple, after abstention), full_path (before), conf_L1..,
-        stage (1|2), needs_review. `progress`: the embedding bars of stage 2 (off inside a caller's own bar)."""
+        stage (1|2), needs_review, alternatives (the answering stage's runners-up: [(path, probability)]). `progress`: the embedding bars of stage 2 (off inside a caller's own bar)."""
         texts = embedding_texts(titles, descriptions)
         n, depth = len(texts), self.depth
         lex, ok = lexical_features(self.lexical, texts)
         paths, conf = [()] * n, np.full((n, depth), np.nan, np.float32)
-        stage = np.full(n, 1, np.int8)
+        stage, alternatives = np.full(n, 1, np.int8), [[] for _ in range(n)]
         if self.stage1 is not None:
             p1 = self.stage1.predict({"lexical": lex}, {"lexical": ok})
             paths, conf = list(p1.paths), p1.conf.copy()
+            alternatives = list(p1.alternatives or alternatives)
             routed = np.zeros(n, bool) if self.mode == "stage1" else p1.prob < self.threshold
         else:
             routed = np.ones(n, bool)
@@ -170,6 +171,7 @@ class TwoStage:
             p2 = self._stage2_on(idx, texts, image_paths, lex, ok, num_workers, progress)
             for j, i in enumerate(idx):
                 paths[i] = p2.paths[j]
+                alternatives[i] = p2.alternatives[j] if p2.alternatives else []
             conf[idx] = p2.conf
             stage[idx] = 2
         cut, review = abstain(paths, conf, self.abstain_at or [0.0] * depth)
@@ -177,4 +179,5 @@ class TwoStage:
         for lvl in range(depth):
             out[f"conf_L{lvl + 1}"] = conf[:, lvl]
         out["stage"], out["needs_review"] = stage, review
+        out["alternatives"] = alternatives
         return out

@@ -42,7 +42,7 @@ def _texts(titles, descriptions) -> list[str]:
 @dataclass
 class ShopClassifier:
     """classify(titles, descriptions, image_paths) -> category_path (after abstention), full_path, conf_L1..,
-    stage, needs_review: the columns TwoStage.classify gives, so onboarding runs on either."""
+    stage, needs_review, alternatives: the columns TwoStage.classify gives, so onboarding runs on either."""
 
     stage: object  # pipelines.inference.calibration.Stage
     lexical: dict  # {"svd": ..., "expert": ...}
@@ -71,15 +71,16 @@ class ShopClassifier:
         texts = _texts(titles, descriptions)
         depth = self.depth
         if not texts:
-            pred_paths, conf = [], np.zeros((0, depth), np.float32)
+            pred_paths, conf, alternatives = [], np.zeros((0, depth), np.float32), []
         else:
             pred = self.stage.predict(*self.features(texts))
-            pred_paths, conf = list(pred.paths), pred.conf
+            pred_paths, conf, alternatives = list(pred.paths), pred.conf, list(pred.alternatives or [[]] * len(texts))
         cut, review = abstain(pred_paths, conf, self.abstain_at or [0.0] * depth)
         out = pd.DataFrame({"category_path": cut, "full_path": pred_paths})
         for lvl in range(depth):
             out[f"conf_L{lvl + 1}"] = conf[:, lvl] if len(conf) else np.zeros(0, np.float32)
         out["stage"], out["needs_review"] = np.ones(len(out), np.int8), review
+        out["alternatives"] = alternatives
         return out
 
 

@@ -30,7 +30,9 @@ PRODUCT_COLUMNS = ["product_id", "group_id", "title", "description", "brand", "i
 def prediction_table(products: pd.DataFrame, result: pd.DataFrame, scores: np.ndarray, oos: np.ndarray,
                      depth: int) -> pd.DataFrame:
     """One row per product: its path (empty when out of scope), the model's full path, calibrated confidences,
-    the routing stage, needs_review, out_of_scope and the detector's score."""
+    the routing stage, needs_review, out_of_scope, the detector's score and the model's runners-up."""
+    from pipelines.inference.export import alternative_columns
+
     out = pd.DataFrame({"product_id": products["product_id"].astype(str).to_numpy(),
                         "title": products["title"].to_numpy(),
                         "native_path": [path_str(n) for n in products["native_path"]],
@@ -42,7 +44,8 @@ def prediction_table(products: pd.DataFrame, result: pd.DataFrame, scores: np.nd
     out["needs_review"] = result["needs_review"].to_numpy(bool)
     out["out_of_scope"] = np.asarray(oos, bool)
     out["scope_score"] = np.round(np.asarray(scores, float), 4)
-    return out
+    return out.join(alternative_columns(result.get("alternatives"), len(out)))
+
 
 
 def classify_native_names(classifier, native_paths, min_support: int) -> dict:
