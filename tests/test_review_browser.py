@@ -2,7 +2,8 @@
 `prodcat serve --review` on the sample's onboarded H&M feed shows the three queues; ten products are reviewed with
 the keyboard, two of them corrected through the taxonomy search; the decision table holds all ten; the next
 materialisation of `reviewed_labels` + `catalogue` (the training data) carries the two corrections.
-The screenshot of the page goes to docs/review_page.png (the README shows it)."""
+The screenshot of the page goes to work/screenshots/review_page.png; docs/review_page.png (the README shows it) is a
+copy of one, committed."""
 import json
 import shutil
 import sys
@@ -14,7 +15,6 @@ from review_fixtures import onboarded_hm
 from test_browser import _server_env, browser_page, free_port, screenshot, server  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.browser
-DOCS_SCREENSHOT = ROOT / "docs" / "review_page.png"
 QUEUE = "label_first"
 
 
@@ -60,7 +60,7 @@ def _review_ten(page, labels: dict, leaves: list, tmp_path) -> tuple[list, dict]
                 page.keyboard.press("ArrowDown")
             assert page.locator("#nodes li.hl").text_content() == target
             if not corrections:
-                shutil.copy(screenshot(page, tmp_path, "review_page"), DOCS_SCREENSHOT)
+                screenshot(page, tmp_path, "review_page")  # also to work/screenshots/ (docs/review_page.png is a copy)
             _press(page, "Enter")
             corrections[item] = target
         else:
