@@ -175,12 +175,9 @@ def measure_adaptation(settings, out_dir, shops=None, *, cfg: AdaptMeasureConfig
     from pipelines.adapt.measure_report import adaptation_section
     from pipelines.files import atomic_write_text
     from pipelines.reports.sections import merge_json_keys, merge_section_file
-    from pipelines.settings import PLATFORMS
+    from pipelines.onboard.training import measured_shops
 
-    shops = [s for s in (shops or PLATFORMS) if settings.raw_dir(s).exists()]
-    if len(shops) < 2:
-        raise ValueError(f"leave-one-platform-out needs two shops with exports, found {shops} under "
-                         f"{settings.data_root}")
+    shops = measured_shops(settings, shops)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cells = [measure_adaptation_holdout(h, shops, settings, out, cfg, modalities) for h in (holdouts or shops)]

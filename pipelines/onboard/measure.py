@@ -132,12 +132,9 @@ def measure_onboarding(settings, out_dir, shops=None, *, modalities=ONBOARD_MODA
     from pipelines.files import atomic_write_text
     from pipelines.onboard.measure_report import onboarding_section
     from pipelines.reports.sections import merge_json_keys, merge_section_file
-    from pipelines.settings import PLATFORMS
+    from pipelines.onboard.training import measured_shops
 
-    shops = [s for s in (shops or PLATFORMS) if settings.raw_dir(s).exists()]
-    if len(shops) < 2:
-        raise ValueError(f"leave-one-platform-out needs two shops with exports, found {shops} under "
-                         f"{settings.data_root}")
+    shops = measured_shops(settings, shops)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cells = [measure_holdout(h, shops, settings, out, modalities=modalities, google_taxonomy=google_taxonomy,

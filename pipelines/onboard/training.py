@@ -53,3 +53,15 @@ def mapped_rows(tables: dict) -> pd.DataFrame:
     """Every training shop's mapped products in one frame (what a taxonomy classifier trains on)."""
     frames = [t[t["scope"] == SCOPE_IN] for t in tables.values()]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def measured_shops(settings, shops=None) -> list[str]:
+    """The shops of a leave-one-platform-out measurement: `shops` (default the benchmark shops) whose export is
+    under the data root; ValueError when fewer than two remain (nothing would be left to train on)."""
+    from pipelines.settings import PLATFORMS
+
+    found = [s for s in (shops or PLATFORMS) if settings.raw_dir(s).exists()]
+    if len(found) < 2:
+        raise ValueError(f"leave-one-platform-out needs two shops with exports, found {found} under "
+                         f"{settings.data_root}")
+    return found
