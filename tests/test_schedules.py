@@ -9,7 +9,7 @@ from dagster import (AssetKey, AssetMaterialization, DagsterInstance, build_sens
 
 from orchestration.definitions import build_definitions
 from orchestration.schedules import DROP_TARGET, RETRAIN, raw_export_drop, weekly_retraining
-from orchestration.partitions import register_shops
+from orchestration.partitions import register_shops, shop_keys
 from pipelines.settings import PLATFORMS, SAMPLE_DIR, Settings
 
 NP = AssetKey("normalized_products")
@@ -69,11 +69,13 @@ def test_drop_sensor_sees_image_changes_and_new_platforms(drop, tmp_path):
     with DagsterInstance.ephemeral() as instance:
         first = _tick(defs, instance)
         assert _requested(first)["normalized_products"] == ["hm", "myntra"]  # no export yet: nothing to run
+        assert shop_keys(instance) == ["myntra", "hm"]  # the sensor registered the shops it found as partitions
         image = next((root / "myntra" / "images").iterdir())
         image.write_bytes(image.read_bytes()[: image.stat().st_size // 2])  # truncated image = changed export
         shutil.copytree(SAMPLE_DIR / "flipkart", root / "flipkart")  # a platform arrives
         second = _tick(defs, instance, first.cursor)
         assert _requested(second)["normalized_products"] == ["flipkart", "myntra"]
+        assert shop_keys(instance) == ["myntra", "hm", "flipkart"]  # the new shop is a partition now
 
 
 def _materialise_everything(defs, instance):
