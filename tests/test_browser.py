@@ -127,7 +127,8 @@ def _server_env(**extra) -> dict:
 
 
 def _materialise_platforms(home: Path, work: Path):
-    """normalized_products for every platform, in process, into the instance the UI serves."""
+    """What `catalogue` reads - normalized_products for every platform and the (empty) reviewed_labels - in
+    process, into the instance the UI serves."""
     from dagster import AssetSelection, DagsterInstance
 
     from orchestration.definitions import build_definitions
@@ -139,6 +140,7 @@ def _materialise_platforms(home: Path, work: Path):
             checks = run_in_process(defs, ("normalized_products",), instance,
                                platform).get_asset_check_evaluations()
             assert checks and all(c.passed for c in checks)
+        run_in_process(defs, ("reviewed_labels",), instance)
 
 
 LATEST_CATALOGUE = '{ assetOrError(assetKey: {path: ["catalogue"]}) { ... on Asset { ' \
