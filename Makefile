@@ -38,7 +38,7 @@ browser:
 test: setup browser
 	$(BIN)/python -m pytest -q
 
-test-slow: setup
+test-slow: setup $(DVC_VENV)/.installed
 	$(BIN)/python -m pytest -q -m slow
 
 # Dagster UI http://127.0.0.1:3000 (run history in DAGSTER_HOME) + MLflow UI http://127.0.0.1:5000 (registry of
