@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipelines.inference.guards import RequestRefused, ServiceLimits
+from pipelines.inference.guards import Admission, RequestRefused, ServiceLimits
 
 log = logging.getLogger("prodcat.service")
 STOP = object()
@@ -134,7 +134,7 @@ class MicroBatcher:
         self.clf, self.features, self.limits = clf, features, limits
         lay_out_for_small_batches(clf.lexical)
         self.q1, self.q2 = queue.Queue(), queue.Queue()
-        self.lock, self.in_flight, self.stats = threading.Lock(), 0, BatchStats()
+        self.admitted, self.stats = Admission(limits.max_items_in_flight, "products queued"), BatchStats()
         self.threads = [threading.Thread(target=self._loop, args=(name,), name=f"prodcat-{name}", daemon=True)
                         for name in ("stage1", "stage2")]
         for t in self.threads:
@@ -149,21 +149,19 @@ class MicroBatcher:
         from pipelines.inference.features import embedding_texts
 
         n = len(products)
-        with self.lock:
-            if self.in_flight + n > self.limits.max_items_in_flight:
-                raise RequestRefused(503, f"busy: {self.in_flight} products queued (limit "
-                                          f"{self.limits.max_items_in_flight}); retry shortly",
-                                     headers={"retry-after": "1"})
-            self.in_flight += n
+        self.admitted.take(n)
         job = Job(loop, n)
         texts = embedding_texts([p.title for p in products], [p.description for p in products])
         for i, (p, text, image) in enumerate(zip(products, texts, images)):
             self.q1.put(Item(job, i, p.product_id or str(i), text, image))
         return job
 
+    @property
+    def in_flight(self) -> int:
+        return self.admitted.used
+
     def _done(self, n: int) -> None:
-        with self.lock:
-            self.in_flight -= n
+        self.admitted.give(n)
 
     def _loop(self, stage: str) -> None:
         q, run, size = ((self.q1, self._stage1, self.limits.batch_size) if stage == "stage1"

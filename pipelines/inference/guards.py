@@ -19,6 +19,7 @@ import hmac
 import ipaddress
 import json
 import socket
+import threading
 from dataclasses import dataclass
 
 OPEN_PATHS = ("/health", "/ready")  # liveness and readiness answer without the token (load balancers probe them)
@@ -162,21 +163,34 @@ def declared_length(scope) -> int | None:
     return None
 
 
-class BodyBudget:
-    """Bytes of request bodies held at once, across requests: 512 connections x 8 MB would be 4 GB. Used from the
-    event loop only (no lock)."""
+class Admission:
+    """How much of one thing the service holds at once (products queued, decoded images, body bytes), bounded:
+    `take(n)` admits n more or refuses the request (503, retry-after) saying what is held and the limit; `give(n)`
+    returns them. Thread-safe: the batcher's worker threads give back what the event loop took."""
 
-    def __init__(self, limit: int):
-        self.limit, self.used = limit, 0
+    def __init__(self, limit: int, what: str, headers: dict | None = None):
+        self.limit, self.what, self.used = limit, what, 0
+        self.headers = {"retry-after": "1", **(headers or {})}
+        self._lock = threading.Lock()
 
     def take(self, n: int) -> None:
-        if self.used + n > self.limit:
-            raise RequestRefused(503, f"busy: {self.used} bytes of request bodies held (limit {self.limit}); retry "
-                                      "shortly", {"retry-after": "1", "connection": "close"})
-        self.used += n
+        with self._lock:
+            if self.used + n > self.limit:
+                raise RequestRefused(503, f"busy: {self.used} {self.what} (limit {self.limit}); retry shortly",
+                                     dict(self.headers))
+            self.used += n
 
     def give(self, n: int) -> None:
-        self.used -= n
+        with self._lock:
+            self.used -= n
+
+
+class BodyBudget(Admission):
+    """Bytes of request bodies held at once, across requests: 512 connections x 8 MB would be 4 GB. A refused body
+    is not read to its end, so its connection cannot carry another request."""
+
+    def __init__(self, limit: int):
+        super().__init__(limit, "bytes of request bodies held", {"connection": "close"})
 
 
 async def read_body(request, limits: ServiceLimits, budget: BodyBudget) -> bytes:

@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from pipelines.inference.guards import RequestRefused, ServiceLimits
+from pipelines.inference.guards import Admission, RequestRefused, ServiceLimits
 from pipelines.inference.vector_cache import PreparedImage
 
 
@@ -49,23 +48,11 @@ class ImageDecoder:
     def __init__(self, limits: ServiceLimits, preprocess):
         self.limits, self.preprocess = limits, preprocess
         self.pool = ThreadPoolExecutor(max(1, limits.image_decoders), thread_name_prefix="prodcat-image")
-        self.lock, self.in_flight = threading.Lock(), 0
-
-    def reserve(self, n: int) -> None:
-        """Count `n` images against the bound, or refuse the request (503) when the service holds too many."""
-        with self.lock:
-            if self.in_flight + n > self.limits.max_images_in_flight:
-                raise RequestRefused(503, f"busy: {self.in_flight} images waiting (limit "
-                                          f"{self.limits.max_images_in_flight}); retry shortly",
-                                     headers={"retry-after": "1"})
-            self.in_flight += n
-
-    def release(self, n: int) -> None:
-        with self.lock:
-            self.in_flight -= n
+        self.admitted = Admission(limits.max_images_in_flight, "images waiting")  # take before prepare, give after
 
     async def prepare(self, products, batch: bool) -> list:
-        """PreparedImage or None per product; the caller reserved the images and releases them when done."""
+        """PreparedImage or None per product; the caller took the images from `admitted` and gives them back when
+        done."""
         loop = asyncio.get_running_loop()
 
         def field(i):

@@ -58,7 +58,7 @@ async def _parsed(body: bytes, limits: ServiceLimits):
 async def _classified(state, products, batch: bool) -> list:
     """Images decoded, products through the micro-batcher; the request's share of the bounds released after."""
     n_images = sum(1 for p in products if p.image_base64)
-    state.images.reserve(n_images)
+    state.images.admitted.take(n_images)
     job = None
     try:
         images = await state.images.prepare(products, batch)
@@ -69,7 +69,7 @@ async def _classified(state, products, batch: bool) -> list:
             job.cancelled = True  # timed out or the client went away: its remaining products are skipped
         raise
     finally:
-        state.images.release(n_images)
+        state.images.admitted.give(n_images)
 
 
 async def _classify_route(request: Request) -> Response:
@@ -126,7 +126,7 @@ async def _stats_route(request: Request) -> Response:
     busy = {k: round(v, 2) for k, v in s.busy_s.items()}
     return json_response({"batches": s.batches, "items": s.items, "busy_s": busy,
                           "skipped": s.skipped, "failed_batches": s.failed_batches,
-                          "in_flight": state.batcher.in_flight, "images_in_flight": state.images.in_flight,
+                          "in_flight": state.batcher.in_flight, "images_in_flight": state.images.admitted.used,
                           "vectors": state.features.stats() if state.features is not None else {}})
 
 
