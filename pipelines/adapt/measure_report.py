@@ -2,9 +2,7 @@
 per strategy (the ablation: each ingredient on and off), per-level accuracy and what self-training added."""
 from __future__ import annotations
 
-
-def _pct(value) -> str:
-    return "n/a" if value is None else f"{100 * value:.2f}"
+from pipelines.reports.sections import met_word, pct
 
 
 def ablation_table(report: dict) -> list[str]:
@@ -15,14 +13,14 @@ def ablation_table(report: dict) -> list[str]:
     for name, mean in summary["mean_test_hF1"].items():
         tag = " (before)" if name == summary["before"] else " (**after**, primary)" if name == summary["after"] else ""
         variants = [report["shops"][s]["variants"][name] for s in shops]
-        val = " / ".join(_pct(v["classifier"].get("val_hF1")) for v in variants)
-        lines.append(f"| {name}{tag} | " + " | ".join(_pct(v["test"].get("hF1")) for v in variants)
-                     + f" | {_pct(mean)} | {val} |")
+        val = " / ".join(pct(v["classifier"].get("val_hF1")) for v in variants)
+        lines.append(f"| {name}{tag} | " + " | ".join(pct(v["test"].get("hF1")) for v in variants)
+                     + f" | {pct(mean)} | {val} |")
     chosen = summary.get("chosen_on_other_holdouts") or {}
     if chosen:
-        picks = ", ".join(f"{s}: {p['strategy']} {_pct(p['test_hF1'])}" for s, p in chosen["per_shop"].items())
+        picks = ", ".join(f"{s}: {p['strategy']} {pct(p['test_hF1'])}" for s, p in chosen["per_shop"].items())
         lines += ["", f"Strategy chosen per shop on the *other* holdouts' test hF1 (this shop's labels unread): "
-                      f"{picks}; mean {_pct(chosen['mean_test_hF1'])}, lowest {_pct(chosen['min_test_hF1'])}."]
+                      f"{picks}; mean {pct(chosen['mean_test_hF1'])}, lowest {pct(chosen['min_test_hF1'])}."]
     return lines
 
 
@@ -32,9 +30,9 @@ def level_table(report: dict) -> list[str]:
     for shop, cell in report["shops"].items():
         for name, v in cell["variants"].items():
             t = v["test"]
-            lines.append(f"| {shop} | {name} | {t.get('n', 0)} | {_pct(t.get('acc_L1'))} | {_pct(t.get('acc_L2'))} | "
-                         f"{_pct(t.get('acc_L3'))} | {_pct(t.get('exact_at_label_depth'))} | "
-                         f"{_pct(v['all'].get('hF1'))} |")
+            lines.append(f"| {shop} | {name} | {t.get('n', 0)} | {pct(t.get('acc_L1'))} | {pct(t.get('acc_L2'))} | "
+                         f"{pct(t.get('acc_L3'))} | {pct(t.get('exact_at_label_depth'))} | "
+                         f"{pct(v['all'].get('hF1'))} |")
     return lines
 
 
@@ -48,14 +46,13 @@ def pseudo_lines(report: dict) -> list[str]:
             if p:
                 lines.append(f"- {shop}, {name}: threshold {p['threshold']}, {p['groups_kept']} of {p['groups']} "
                              f"groups ({p['groups_confident']} confident), {p['products']} products "
-                             f"({_pct(p['share'])}%), {p['leaves']} leaves")
+                             f"({pct(p['share'])}%), {p['leaves']} leaves")
     return lines
 
 
 def adaptation_section(report: dict) -> str:
     s, t = report["summary"], report["targets"]
     where = {c["scored_on"] for c in report["shops"].values()}
-    met = {True: "met", False: "**not met**"}
     head = [
         "## Zero-label adaptation to an unseen shop (leave-one-platform-out)",
         "",
@@ -66,9 +63,9 @@ def adaptation_section(report: dict) -> str:
         "hF1 at the label's known depth (deeper predictions cut to the hand path's depth).",
         "",
         f"Targets for the primary strategy ({s['after']}): mean >= {100 * t['mean_test_hF1']:.0f}% "
-        f"({met[s['met']['mean_test_hF1']]}: {_pct(s['mean_test_hF1'].get(s['after']))}), every shop >= "
-        f"{100 * t['every_shop_test_hF1']:.0f}% ({met[s['met']['every_shop_test_hF1']]}). Before adaptation: "
-        f"{_pct(s['mean_test_hF1'].get(s['before']))}.",
+        f"({met_word(s['met']['mean_test_hF1'])}: {pct(s['mean_test_hF1'].get(s['after']))}), every shop >= "
+        f"{100 * t['every_shop_test_hF1']:.0f}% ({met_word(s['met']['every_shop_test_hF1'])}). Before adaptation: "
+        f"{pct(s['mean_test_hF1'].get(s['before']))}.",
         "",
         "Ablation, test hF1 % (each ingredient on and off):",
         "",

@@ -1,13 +1,7 @@
 """The "onboarding" section of the benchmark report: issue 17's targets per held-out shop, met or not."""
 from __future__ import annotations
 
-
-def _pct(value) -> str:
-    return "n/a" if value is None else f"{100 * value:.2f}"
-
-
-def _met(value) -> str:
-    return {True: "met", False: "**not met**", None: "n/a"}[value]
+from pipelines.reports.sections import met_word, pct
 
 
 def targets_table(report: dict) -> list[str]:
@@ -19,11 +13,11 @@ def targets_table(report: dict) -> list[str]:
     for shop, cell in report["shops"].items():
         m, s, met = cell["mapping"], cell["scope"], cell["met"]
         auroc = "n/a" if s["auroc"] is None else f"{s['auroc']:.4f}"
-        lines.append(f"| {shop} | {m['products']} | {_pct(m['correct'])} ({_met(met['mapping_correct'])}) | "
-                     f"{_pct(m['confident_correct'])} ({_met(met['confident_correct'])}) "
-                     f"[{_pct(m['confident_share'])}] | {auroc} ({_met(met['scope_auroc'])}) "
-                     f"[{s['out_of_scope']}/{s['in_scope']}] | {_pct(s['in_scope_flag_rate'])} "
-                     f"({_met(met['in_scope_flag_rate'])}) | {_pct(s['out_of_scope_recall'])} |")
+        lines.append(f"| {shop} | {m['products']} | {pct(m['correct'])} ({met_word(met['mapping_correct'])}) | "
+                     f"{pct(m['confident_correct'])} ({met_word(met['confident_correct'])}) "
+                     f"[{pct(m['confident_share'])}] | {auroc} ({met_word(met['scope_auroc'])}) "
+                     f"[{s['out_of_scope']}/{s['in_scope']}] | {pct(s['in_scope_flag_rate'])} "
+                     f"({met_word(met['in_scope_flag_rate'])}) | {pct(s['out_of_scope_recall'])} |")
     return lines
 
 
@@ -52,7 +46,7 @@ def onboarding_section(report: dict) -> str:
              "products flagged).", ""]
     lines += targets_table(report)
     lines += ["", "Proposal correct by the depth of the hand path: " + "; ".join(
-        f"{shop} " + ", ".join(f"L{d} {_pct(v)}" for d, v in cell["mapping"]["by_hand_depth"].items())
+        f"{shop} " + ", ".join(f"L{d} {pct(v)}" for d, v in cell["mapping"]["by_hand_depth"].items())
         for shop, cell in report["shops"].items()) + "."]
     lines += roundtrip_lines(report)
     lines += ablation_lines(report)
@@ -68,8 +62,8 @@ def ablation_lines(report: dict) -> list[str]:
     lines = ["", f"Ablation, the same classifications proposed with the other name vote (primary: name weight "
              f"{primary:g}; 0 = the category's products only, 0.5 = its name, classified like a title, also votes "
              "with half the weight of its products): proposal correct % / confident rows correct % [share]:", ""]
-    lines += [f"- {shop} (name weight {a['name_weight']:g}): {_pct(a['correct'])} / {_pct(a['confident_correct'])} "
-              f"[{_pct(a['confident_share'])}]" for shop, a in cells]
+    lines += [f"- {shop} (name weight {a['name_weight']:g}): {pct(a['correct'])} / {pct(a['confident_correct'])} "
+              f"[{pct(a['confident_share'])}]" for shop, a in cells]
     return lines
 
 
@@ -96,7 +90,7 @@ def roundtrip_lines(report: dict) -> list[str]:
                          f"{min(p['equal'][k] for k in fields)} [{sum(p['from_group'][k] for k in fields)}] | "
                          f"{p['equal']['image']} [{p['from_group']['image']}] | {min(q['equal'].values())} | "
                          f"{q['max_confidence_diff']} | {m['equal_rows']} / {m['rows']} | "
-                         f"{'met' if c['identical'] else '**not met**'} |")
+                         f"{met_word(c['identical'])} |")
     lines += ["", "[from group]: empty in the native export, filled in the feed - Shopify gives a variant row that "
               "leaves a product field empty (Vendor, Image Src) its product's value, and a native image that could not "
               "be read (so not exported) comes back as a sibling's. Counted apart, not as equal; 'met' accepts them."]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.files import atomic_write_text
-from pipelines.reports.sections import merge_json_keys, merge_section_file
+from pipelines.reports.sections import merge_json_keys, merge_section_file, pct
 
 SECTION = "cross-platform"
 HEADING = "## Cross-platform (leave-one-platform-out)"
@@ -70,19 +70,15 @@ def heatmap(report: dict, out_png) -> Path:
     return out_png
 
 
-def _pct(v) -> str:
-    return "n/a" if v is None else f"{100 * v:.2f}"
-
-
 def _matrix_lines(report: dict) -> list[str]:
     h, s = report["holdouts"], report["strategies"]
     lines = ["| strategy | " + " | ".join(f"unseen {x}" for x in h) + " | mean unseen | mean in-dist | gap |",
              "|---|" + "---|" * (len(h) + 3)]
     for a in sorted(s, key=lambda a: -(report["mean"][a] or 0)):
         ind = [v for v in (report["in_distribution"].get(a, {}).get(x) for x in h) if v is not None]
-        lines.append(f"| {a} | " + " | ".join(_pct(report["matrix_test"][a][x]) for x in h)
-                     + f" | {_pct(report['mean'][a])} | {_pct(float(np.mean(ind)) if ind else None)} | "
-                     + f"{_pct(report['gap'][a])} |")
+        lines.append(f"| {a} | " + " | ".join(pct(report["matrix_test"][a][x]) for x in h)
+                     + f" | {pct(report['mean'][a])} | {pct(float(np.mean(ind)) if ind else None)} | "
+                     + f"{pct(report['gap'][a])} |")
     return lines
 
 
@@ -92,12 +88,12 @@ def _level_and_all_lines(report: dict) -> list[str]:
              "| strategy | " + " | ".join(h) + " |", "|---|" + "---|" * len(h)]
     for a in s:
         lines.append(f"| {a} | " + " | ".join("n/a" if report["levels_test"][a][x] is None else
-                                               " / ".join(_pct(v) for v in report["levels_test"][a][x])
+                                               " / ".join(pct(v) for v in report["levels_test"][a][x])
                                                for x in h) + " |")
     lines += ["", "hF1 % on *all* mapped products of the unseen shop (train + val + test splits):", "",
               "| strategy | " + " | ".join(h) + " |", "|---|" + "---|" * len(h)]
     for a in s:
-        lines.append(f"| {a} | " + " | ".join(_pct(report["matrix_all"][a][x]) for x in h) + " |")
+        lines.append(f"| {a} | " + " | ".join(pct(report["matrix_all"][a][x]) for x in h) + " |")
     return lines
 
 
@@ -110,7 +106,7 @@ def _fewshot_lines(curves: dict) -> list[str]:
              "| holdout | strategy | " + " | ".join(f"{100 * c['fraction']:g}% (labelled products)" for c in first)
              + " |", "|---|---|" + "---|" * len(first)]
     for hold, c in sorted(curves.items()):
-        lines.append(f"| {hold} | {c['strategy']} | " + " | ".join(f"{_pct(p['test_hF1'])} ({p['labelled_products']})"
+        lines.append(f"| {hold} | {c['strategy']} | " + " | ".join(f"{pct(p['test_hF1'])} ({p['labelled_products']})"
                                                               for p in c["curve"]) + " |")
     return lines
 
@@ -124,8 +120,8 @@ def _fusion_verdict(report: dict) -> list[str]:
     if None in (e, l_, me, ml):
         return []
     verdict = "supports" if me > ml else "does not support"
-    return ["", f"Early vs late fusion on unseen shops: mean unseen hF1 early {_pct(me)} vs late {_pct(ml)}, "
-                f"gap early {_pct(e)} vs late {_pct(l_)} points: our data {verdict} the paper's claim that "
+    return ["", f"Early vs late fusion on unseen shops: mean unseen hF1 early {pct(me)} vs late {pct(ml)}, "
+                f"gap early {pct(e)} vs late {pct(l_)} points: our data {verdict} the paper's claim that "
                 "early fusion generalises better to an unseen shop."]
 
 

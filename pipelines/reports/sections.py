@@ -18,6 +18,16 @@ from pathlib import Path
 from pipelines.files import atomic_write_text
 
 NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
+
+
+def pct(share) -> str:
+    """A share as a percentage with two decimals for a report table; 'n/a' when it could not be measured."""
+    return "n/a" if share is None else f"{100 * share:.2f}"
+
+
+def met_word(met) -> str:
+    """How a report says a target was met, missed (bold) or could not be measured."""
+    return {True: "met", False: "**not met**", None: "n/a"}[met]
 MARKER = re.compile(r"<!-- ([a-z0-9][a-z0-9-]*):(start|end) -->")
 
 
@@ -101,3 +111,16 @@ def merge_json_keys(path, updates: dict) -> Path:
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: expected a JSON object, found {type(doc).__name__}")
     return atomic_write_text(path, json.dumps(doc | updates, indent=2, default=float))
+
+
+def publish_measurement(name: str, report: dict, body: str, out_dir, benchmark_md, figures: dict) -> dict:
+    """A measurement's report written where people look for it: <out_dir>/<name>.json (the whole report) and
+    <name>.md (`body`), the `name` section of `benchmark_md`, and - when the benchmark's figures file is beside
+    it - its `name` key (`figures`). -> {"json", "md", "benchmark_md"} paths."""
+    out, md_path = Path(out_dir), Path(benchmark_md)
+    atomic_write_text(out / f"{name}.json", json.dumps(report, indent=2, default=str))
+    atomic_write_text(out / f"{name}.md", body + "\n")
+    merge_section_file(md_path, name, body)
+    if md_path.with_suffix(".json").exists():
+        merge_json_keys(md_path.with_suffix(".json"), {name: figures})
+    return {"json": str(out / f"{name}.json"), "md": str(out / f"{name}.md"), "benchmark_md": str(md_path)}
