@@ -13,7 +13,6 @@ Writes <out>/adaptation.json, adaptation.md and the "adaptation" section of the 
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -173,8 +172,7 @@ def measure_adaptation(settings, out_dir, shops=None, *, cfg: AdaptMeasureConfig
     writes adaptation.json + adaptation.md in `out_dir` and the 'adaptation' section of `benchmark_md` (default
     <work>/report/benchmark.md). -> the report dict."""
     from pipelines.adapt.measure_report import adaptation_section
-    from pipelines.files import atomic_write_text
-    from pipelines.reports.sections import merge_json_keys, merge_section_file
+    from pipelines.reports.sections import publish_measurement
     from pipelines.onboard.training import measured_shops
 
     shops = measured_shops(settings, shops)
@@ -185,13 +183,7 @@ def measure_adaptation(settings, out_dir, shops=None, *, cfg: AdaptMeasureConfig
               "config": {"centres": [list(c) for c in cfg.centres], "rounds": cfg.rounds,
                          "pseudo": cfg.pseudo.__dict__, "max_epochs": cfg.max_epochs, "primary": cfg.primary.name},
               "summary": summarise_adaptation(cells, cfg), "shops": {c["holdout"]: c for c in cells}}
-    atomic_write_text(out / "adaptation.json", json.dumps(report, indent=2, default=str))
-    body = adaptation_section(report)
-    atomic_write_text(out / "adaptation.md", body + "\n")
-    md_path = Path(benchmark_md) if benchmark_md else settings.work("report") / "benchmark.md"
-    merge_section_file(md_path, SECTION, body)
-    if md_path.with_suffix(".json").exists():
-        merge_json_keys(md_path.with_suffix(".json"), {SECTION: {k: v for k, v in report.items() if k != "shops"}})
-    report["files"] = {"json": str(out / "adaptation.json"), "md": str(out / "adaptation.md"),
-                       "benchmark_md": str(md_path)}
+    report["files"] = publish_measurement(
+        SECTION, report, adaptation_section(report), out, benchmark_md or settings.work("report") / "benchmark.md",
+        {k: v for k, v in report.items() if k != "shops"})
     return report

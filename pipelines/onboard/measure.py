@@ -8,11 +8,10 @@ For each benchmark shop in turn, as if it were new (the third target, the feed r
      reaches onboard_products has no label column (it would raise LabelLeak);
   3. only then are its predictions and proposal scored against its hand mapping (evaluate.py).
 Writes <out>/<shop>/{predictions.csv, mapping.proposed.csv}, <out>/onboarding.json and onboarding.md, and the
-"onboarding" section of the benchmark report (pipelines/reports/sections.merge_section_file).
+"onboarding" section of the benchmark report (pipelines/reports/sections.publish_measurement).
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -129,9 +128,8 @@ def measure_onboarding(settings, out_dir, shops=None, *, modalities=ONBOARD_MODA
     """Every shop of `holdouts` (default: all of `shops`, the registered benchmark shops whose export exists)
     onboarded as new, the other shops training; writes onboarding.json + onboarding.md in `out_dir` and the 'onboarding' section of
     `benchmark_md` (default <work>/report/benchmark.md). -> the report dict."""
-    from pipelines.files import atomic_write_text
     from pipelines.onboard.measure_report import onboarding_section
-    from pipelines.reports.sections import merge_json_keys, merge_section_file
+    from pipelines.reports.sections import publish_measurement
     from pipelines.onboard.training import measured_shops
 
     shops = measured_shops(settings, shops)
@@ -142,14 +140,7 @@ def measure_onboarding(settings, out_dir, shops=None, *, modalities=ONBOARD_MODA
     report = {"data_root": str(settings.data_root), "targets": TARGETS, "modalities": list(modalities),
               "google_taxonomy": str(google_taxonomy) if google_taxonomy else None,
               "proposal_config": cfg.__dict__, "shops": {c["holdout"]: c for c in cells}}
-    atomic_write_text(out / "onboarding.json", json.dumps(report, indent=2, default=str))
-    body = onboarding_section(report)
-    atomic_write_text(out / "onboarding.md", body + "\n")
-    md_path = Path(benchmark_md) if benchmark_md else settings.work("report") / "benchmark.md"
-    merge_section_file(md_path, SECTION, body)
-    if md_path.with_suffix(".json").exists():  # the benchmark report's figures gain an `onboarding` key
-        merge_json_keys(md_path.with_suffix(".json"), {SECTION: {k: v for k, v in report.items() if k != "shops"}
-                                                       | {"shops": _headline(cells)}})
-    report["files"] = {"json": str(out / "onboarding.json"), "md": str(out / "onboarding.md"),
-                       "benchmark_md": str(md_path)}
+    report["files"] = publish_measurement(  # the benchmark figures' `onboarding` key holds each shop's headline
+        SECTION, report, onboarding_section(report), out, benchmark_md or settings.work("report") / "benchmark.md",
+        {k: v for k, v in report.items() if k != "shops"} | {"shops": _headline(cells)})
     return report
