@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 from dagster import (AllPartitionMapping, AssetExecutionContext, AssetIn, DataVersion, MetadataValue,
-                     MultiPartitionsDefinition, MultiToSingleDimensionPartitionMapping, Output, StaticPartitionMapping,
-                     asset)
+                     MultiPartitionsDefinition, MultiToSingleDimensionPartitionMapping, Output, asset)
 
 from orchestration.assets.classifiers import strategy_partitions
 from orchestration.partitions import platform_partitions

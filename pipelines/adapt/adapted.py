@@ -10,7 +10,7 @@ pseudo-label threshold read the *training* shops' validation rows only; the new 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -83,20 +83,10 @@ class _Fitted:
 def _train_stage(features: dict, available: dict, labels: list, split: np.ndarray, taxonomy, out_dir, modalities,
                  seed: int, threads: int, max_epochs) -> _Fitted:
     """Train (early stopping on 'val', the training shops' rows) and calibrate temperatures on the same rows."""
-    from pipelines.classify.train import load_model, train_classifier
-    from pipelines.inference.calibration import Stage, calibrate
-    from pipelines.onboard.classifier import onboard_strategy
+    from pipelines.onboard.classifier import onboard_strategy, train_calibrated_stage
 
-    cfg = onboard_strategy(modalities)
-    res = train_classifier(cfg, features, available, labels, split, taxonomy, out_dir, seed=seed,
-                           max_epochs=max_epochs, threads=threads)
-    model = load_model(res.model_dir)
-    val = np.flatnonzero(split == "val")
-    cal = calibrate(model, {m: features[m][val] for m in model.modalities},
-                    {m: available[m][val] for m in model.modalities}, [labels[i] for i in val])
-    return _Fitted(Stage(model, cal["temperatures"]), {
-        "strategy": cfg["name"], "train_rows": int((split == "train").sum()), "val_hF1": res.val.get("hF1"),
-        "epochs": res.epochs, "train_seconds": round(res.train_seconds, 1), "temperatures": cal["temperatures"]})
+    return _Fitted(*train_calibrated_stage(onboard_strategy(modalities), features, available, labels, split,
+                                           taxonomy, out_dir, seed=seed, threads=threads, max_epochs=max_epochs))
 
 
 def val_threshold(stage, features: dict, available: dict, labels: list, split: np.ndarray, precision: float) -> float:

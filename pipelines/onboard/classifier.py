@@ -102,8 +102,6 @@ def fit_shop_classifier(rows: pd.DataFrame, taxonomy, out_dir, *, embed=None, mo
                         seed: int = 0, threads: int = 0, max_epochs: int | None = None) -> ShopClassifier:
     """Train on the training shops' mapped rows (`title, description, category_path, split, platform, group_id`):
     fit on split 'train', early stopping and temperatures on 'val', the test split scored as usual."""
-    from pipelines.classify.train import load_model, train_classifier
-    from pipelines.inference.calibration import Stage, calibrate
     from pipelines.inference.stage1 import stage1_config
 
     cfg = onboard_strategy(modalities)
@@ -118,14 +116,25 @@ def fit_shop_classifier(rows: pd.DataFrame, taxonomy, out_dir, *, embed=None, mo
     available = {"lexical": np.array([bool(t.strip()) for t in texts])}
     if "text" in cfg["modalities"]:
         features["text"], available["text"] = embed(texts)
+    stage, info = train_calibrated_stage(cfg, features, available, labels, split, taxonomy, out_dir, seed=seed,
+                                         threads=threads, max_epochs=max_epochs)
+    info["training_shops"] = sorted(rows["platform"].unique().tolist())
+    return ShopClassifier(stage, space, embed, list(stage1_config().get("abstain", [])), info)
+
+
+def train_calibrated_stage(cfg: dict, features: dict, available: dict, labels: list, split: np.ndarray, taxonomy,
+                           out_dir, *, seed: int, threads: int, max_epochs) -> tuple:
+    """Train `cfg` on split 'train' (early stopping on 'val', the training shops' rows) and calibrate its
+    temperatures on the same 'val' rows. -> (calibration.Stage, info)."""
+    from pipelines.classify.train import load_model, train_classifier
+    from pipelines.inference.calibration import Stage, calibrate
+
     res = train_classifier(cfg, features, available, labels, split, taxonomy, Path(out_dir), seed=seed,
                            max_epochs=max_epochs, threads=threads)
     model = load_model(res.model_dir)
     val = np.flatnonzero(split == "val")
     cal = calibrate(model, {m: features[m][val] for m in model.modalities},
                     {m: available[m][val] for m in model.modalities}, [labels[i] for i in val])
-    info = {"strategy": cfg["name"], "train_rows": int((split == "train").sum()), "val_hF1": res.val.get("hF1"),
-            "epochs": res.epochs, "train_seconds": round(res.train_seconds, 1), "temperatures": cal["temperatures"],
-            "training_shops": sorted(rows["platform"].unique().tolist())}
-    return ShopClassifier(Stage(model, cal["temperatures"]), space, embed, list(stage1_config().get("abstain", [])),
-                          info)
+    return Stage(model, cal["temperatures"]), {
+        "strategy": cfg["name"], "train_rows": int((split == "train").sum()), "val_hF1": res.val.get("hF1"),
+        "epochs": res.epochs, "train_seconds": round(res.train_seconds, 1), "temperatures": cal["temperatures"]}
