@@ -213,7 +213,7 @@ def add_adapt_commands(sub, commands) -> None:
     m.add_argument("--holdout", action="append", default=None, help="held-out shops measured (default: every shop)")
     m.add_argument("--centres", default="none,text", help="centring settings of the ablation, each 'none' or views "
                                                           "joined by '+' (text, lexical), e.g. none,text,text+lexical")
-    m.add_argument("--rounds", type=int, default=1, help="self-training rounds (each round is a cell of the ablation)")
+    m.add_argument("--rounds", type=int, default=2, help="self-training rounds (each round is a cell of the ablation)")
     m.add_argument("--precision", type=float, default=0.99, help="pseudo-label threshold: training shops' val precision")
     m.add_argument("--max-epochs", type=int, default=None, help="cap on training epochs (default: the config's)")
     m.add_argument("--benchmark-md", default=None, help="report to merge the 'adaptation' section into (default: "

@@ -30,13 +30,17 @@ DEFAULT_CENTRES = ((), ("text",))  # the ablation's centring settings (each with
 @dataclass(frozen=True)
 class AdaptMeasureConfig:
     centres: tuple = DEFAULT_CENTRES
-    rounds: int = 1
+    rounds: int = 2
     pseudo: PseudoLabelConfig = PseudoLabelConfig()
     max_epochs: int | None = None
 
     @property
     def primary(self) -> AdaptConfig:
-        """The strategy reported as "after": every ingredient on (the last centring setting, every round)."""
+        """The strategy reported as "after": onboarding's default (AdaptConfig()) when the ablation holds it, else
+        every ingredient on (the last centring setting, every round)."""
+        default = AdaptConfig(pseudo=self.pseudo)
+        if default.name in {v.name for v in variant_configs(self)}:
+            return default
         return AdaptConfig(tuple(self.centres[-1]) if self.centres else (), self.rounds, self.pseudo)
 
 
@@ -63,11 +67,12 @@ def variant_configs(cfg: AdaptMeasureConfig) -> list[AdaptConfig]:
     return [AdaptConfig(tuple(c), r, cfg.pseudo) for c in cfg.centres for r in range(cfg.rounds + 1)]
 
 
-def predict_variants(views, cfg: AdaptMeasureConfig, taxonomy, out: Path, settings) -> dict:
-    """{variant name: {paths, pseudo, info}} on the held-out shop's products: label-free."""
+def predict_variants(views, cfg: AdaptMeasureConfig, taxonomy, out: Path, settings) -> tuple[dict, object]:
+    """({variant name: {paths, pseudo, info}} on the held-out shop's products, the primary strategy's AdaptRound):
+    label-free. Routing under shift and the labelling curves start from that round."""
     from pipelines.adapt.adapted import adaptation_rounds
 
-    found = {}
+    found, primary = {}, None
     for centre in cfg.centres:
         chain = AdaptConfig(tuple(centre), cfg.rounds, cfg.pseudo)
         for step in adaptation_rounds(views, chain, taxonomy, out / ("centre-" + "+".join(centre) if centre else
@@ -76,7 +81,9 @@ def predict_variants(views, cfg: AdaptMeasureConfig, taxonomy, out: Path, settin
             name = replace(chain, self_train_rounds=step.round).name
             found[name] = {"paths": [tuple(p) for p in step.new_prediction.paths], "pseudo": step.pseudo,
                            "info": step.fitted.info}
-    return found
+            if name == cfg.primary.name:
+                primary = step
+    return found, primary
 
 
 def score_paths(hand: list, paths: list, mask: np.ndarray, depth: int) -> dict:
@@ -131,7 +138,7 @@ def measure_adaptation_holdout(holdout: str, shops: list, settings, out_dir, cfg
     tables = load_training_shops(training, settings.raw_dir, taxonomy, MAPPINGS_DIR)
     products = require_products(read_shop_unlabelled(holdout, settings.raw_dir(holdout), verify_images=False)).products
     views = build_adapt_views(tables, products, holdout, embed, modalities)
-    found = predict_variants(views, cfg, taxonomy, out, settings)
+    found, _primary = predict_variants(views, cfg, taxonomy, out, settings)
     scored = score_variants(holdout, products, found, taxonomy)
     return {"holdout": holdout, "training_shops": training, "products": len(products), **scored,
             "seconds": round(time.perf_counter() - t0, 1)}
