@@ -183,11 +183,12 @@ def cmd_onboard_measure(args) -> int:
 
 
 def cmd_adapt_measure(args) -> int:
-    from pipelines.adapt.measure import AdaptMeasureConfig, measure_adaptation, parse_centres
+    from pipelines.adapt.measure import AdaptMeasureConfig, measure_adaptation, parse_augment, parse_centres
     from pipelines.adapt.pseudo_labels import PseudoLabelConfig
 
     centres = parse_centres(args.centres)
-    cfg = AdaptMeasureConfig(centres=centres, rounds=args.rounds, pseudo=PseudoLabelConfig(precision=args.precision),
+    cfg = AdaptMeasureConfig(centres=centres, rounds=args.rounds, augment=parse_augment(args.augment),
+                             pseudo=PseudoLabelConfig(precision=args.precision),
                              max_epochs=args.max_epochs)
     report = measure_adaptation(build_settings(args), Path(args.out), shops=args.shop or None, cfg=cfg,
                                 holdouts=args.holdout or None, benchmark_md=args.benchmark_md or None)

@@ -215,6 +215,8 @@ def add_adapt_commands(sub, commands) -> None:
                                                           "joined by '+' (text, lexical), e.g. none,text,text+lexical")
     m.add_argument("--rounds", type=int, default=2, help="self-training rounds (each round is a cell of the ablation)")
     m.add_argument("--precision", type=float, default=0.99, help="pseudo-label threshold: training shops' val precision")
+    m.add_argument("--augment", default="off", help="title-style augmentation settings of the ablation: off, on or "
+                                                     "off,on (each doubles the variants trained)")
     m.add_argument("--max-epochs", type=int, default=None, help="cap on training epochs (default: the config's)")
     m.add_argument("--benchmark-md", default=None, help="report to merge the 'adaptation' section into (default: "
                                                         "<work>/report/benchmark.md)")

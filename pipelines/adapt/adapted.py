@@ -28,11 +28,13 @@ class AdaptConfig:
     centre: tuple = ()  # views centred per shop (e.g. ("text",)); () = off
     self_train_rounds: int = 2  # 0 = off
     pseudo: PseudoLabelConfig = PseudoLabelConfig()
+    augment_titles: bool = False  # restyled copies of the training shops' train rows join training (augment.py)
 
     @property
     def name(self) -> str:
         parts = (["centre-" + "+".join(self.centre)] if self.centre else []) + \
-                ([f"self-train-x{self.self_train_rounds}"] if self.self_train_rounds else [])
+                ([f"self-train-x{self.self_train_rounds}"] if self.self_train_rounds else []) + \
+                (["augment-titles"] if self.augment_titles else [])
         return ", ".join(parts) or "none"
 
 
@@ -136,6 +138,11 @@ def adaptation_rounds(views, cfg: AdaptConfig, taxonomy, out_dir, *, seed: int =
     rows = np.flatnonzero(views.mapped & np.isin(views.split, ["train", "val", "test"]))
     base = ({m: train[m][rows] for m in views.modalities}, {m: views.train_available[m][rows] for m in views.modalities},
             [views.labels[i] for i in rows], views.split[rows])
+    if cfg.augment_titles:  # the restyled copies are training rows of their source shop (split 'train')
+        from pipelines.adapt.augment import augmented_features
+
+        aug_feats, aug_avail, aug_labels = augmented_features(views, cfg.centre)
+        base = _with_pseudo_rows(base, aug_feats, aug_avail, np.ones(len(aug_labels), bool), aug_labels)
     new_avail = {m: views.new_available[m] for m in views.modalities}
     args = dict(taxonomy=taxonomy, modalities=views.modalities, seed=seed, threads=threads, max_epochs=max_epochs)
     fitted = _train_stage(*base, out_dir=Path(out_dir) / "round0", **args)
@@ -166,9 +173,11 @@ def adapt_shop_classifier(tables: dict, new_products, new_shop: str, taxonomy, o
                           threads: int = 0, max_epochs: int | None = None) -> AdaptedClassifier:
     """The entry point: training shops' labelled `tables` ({shop: products with category_path}, onboard.training)
     and the new shop's *unlabelled* products (LabelLeak if they hold a label column) -> the adapted classifier."""
+    from pipelines.adapt.augment import AugmentConfig
     from pipelines.adapt.views import build_adapt_views
 
-    views = build_adapt_views(tables, new_products, new_shop, embed, modalities)
+    views = build_adapt_views(tables, new_products, new_shop, embed, modalities,
+                              augment=AugmentConfig() if cfg.augment_titles else None)
     last = None
     for last in adaptation_rounds(views, cfg, taxonomy, out_dir, seed=seed, threads=threads, max_epochs=max_epochs):
         pass

@@ -33,6 +33,7 @@ class AdaptMeasureConfig:
     rounds: int = 2
     pseudo: PseudoLabelConfig = PseudoLabelConfig()
     max_epochs: int | None = None
+    augment: tuple = (False,)  # title-style augmentation (augment.py) off and/or on: each value doubles the ablation
 
     @property
     def primary(self) -> AdaptConfig:
@@ -41,7 +42,8 @@ class AdaptMeasureConfig:
         default = AdaptConfig(pseudo=self.pseudo)
         if default.name in {v.name for v in variant_configs(self)}:
             return default
-        return AdaptConfig(tuple(self.centres[-1]) if self.centres else (), self.rounds, self.pseudo)
+        return AdaptConfig(tuple(self.centres[-1]) if self.centres else (), self.rounds, self.pseudo,
+                           augment_titles=bool(self.augment and self.augment[-1]))
 
 
 class BadCentres(ValueError):
@@ -62,9 +64,19 @@ def parse_centres(text: str, views=("lexical", "text")) -> tuple:
     return tuple(out)
 
 
+def parse_augment(text: str) -> tuple:
+    """'off,on' -> (False, True): the title-augmentation settings of the ablation."""
+    values = {"off": False, "on": True}
+    items = [t.strip().lower() for t in str(text).split(",") if t.strip()]
+    if not items or any(i not in values for i in items):
+        raise ValueError(f"--augment {text!r}: give off, on or off,on")
+    return tuple(dict.fromkeys(values[i] for i in items))
+
+
 def variant_configs(cfg: AdaptMeasureConfig) -> list[AdaptConfig]:
-    """Every (centring, rounds) cell of the ablation; its `name` is the key in the report."""
-    return [AdaptConfig(tuple(c), r, cfg.pseudo) for c in cfg.centres for r in range(cfg.rounds + 1)]
+    """Every (augmentation, centring, rounds) cell of the ablation; its `name` is the key in the report."""
+    return [AdaptConfig(tuple(c), r, cfg.pseudo, augment_titles=bool(a)) for a in cfg.augment for c in cfg.centres
+            for r in range(cfg.rounds + 1)]
 
 
 def predict_variants(views, cfg: AdaptMeasureConfig, taxonomy, out: Path, settings) -> tuple[dict, object]:
@@ -73,10 +85,10 @@ def predict_variants(views, cfg: AdaptMeasureConfig, taxonomy, out: Path, settin
     from pipelines.adapt.adapted import adaptation_rounds
 
     found, primary = {}, None
-    for centre in cfg.centres:
-        chain = AdaptConfig(tuple(centre), cfg.rounds, cfg.pseudo)
-        for step in adaptation_rounds(views, chain, taxonomy, out / ("centre-" + "+".join(centre) if centre else
-                                                                     "no-centre"),
+    for augment, centre in [(a, c) for a in cfg.augment for c in cfg.centres]:
+        chain = AdaptConfig(tuple(centre), cfg.rounds, cfg.pseudo, augment_titles=bool(augment))
+        folder = ("centre-" + "+".join(centre) if centre else "no-centre") + ("-augment-titles" if augment else "")
+        for step in adaptation_rounds(views, chain, taxonomy, out / folder,
                                       seed=settings.seed, threads=settings.threads, max_epochs=cfg.max_epochs):
             name = replace(chain, self_train_rounds=step.round).name
             found[name] = {"paths": [tuple(p) for p in step.new_prediction.paths], "pseudo": step.pseudo,
@@ -123,6 +135,7 @@ def score_variants(holdout: str, products, found: dict, taxonomy) -> dict:
 
 def measure_adaptation_holdout(holdout: str, shops: list, settings, out_dir, cfg: AdaptMeasureConfig,
                                modalities=("lexical", "text")) -> dict:
+    from pipelines.adapt.augment import AugmentConfig
     from pipelines.adapt.views import build_adapt_views
     from pipelines.onboard.embedding import TextEmbedder
     from pipelines.onboard.products import read_shop_unlabelled, require_products
@@ -137,7 +150,9 @@ def measure_adaptation_holdout(holdout: str, shops: list, settings, out_dir, cfg
     training = [s for s in shops if s != holdout]
     tables = load_training_shops(training, settings.raw_dir, taxonomy, MAPPINGS_DIR)
     products = require_products(read_shop_unlabelled(holdout, settings.raw_dir(holdout), verify_images=False)).products
-    views = build_adapt_views(tables, products, holdout, embed, modalities)
+    # the restyled copies are computed once, when any variant of the ablation trains on them
+    views = build_adapt_views(tables, products, holdout, embed, modalities,
+                              augment=AugmentConfig() if any(cfg.augment) else None)
     found, _primary = predict_variants(views, cfg, taxonomy, out, settings)
     scored = score_variants(holdout, products, found, taxonomy)
     return {"holdout": holdout, "training_shops": training, "products": len(products), **scored,
@@ -188,6 +203,7 @@ def measure_adaptation(settings, out_dir, shops=None, *, cfg: AdaptMeasureConfig
     cells = [measure_adaptation_holdout(h, shops, settings, out, cfg, modalities) for h in (holdouts or shops)]
     report = {"data_root": str(settings.data_root), "targets": TARGETS, "modalities": list(modalities),
               "config": {"centres": [list(c) for c in cfg.centres], "rounds": cfg.rounds,
+                         "augment": [bool(a) for a in cfg.augment],
                          "pseudo": cfg.pseudo.__dict__, "max_epochs": cfg.max_epochs, "primary": cfg.primary.name},
               "summary": summarise_adaptation(cells, cfg), "shops": {c["holdout"]: c for c in cells}}
     report["files"] = publish_measurement(

@@ -4,7 +4,8 @@ Training side: *every* product of the training shops (mapped or not, so each sho
 products, as the new shop's is), the lexical view refitted on their mapped train rows (out-of-fold expert scores
 there), MiniLM vectors from the content-addressed store. New shop: its unlabelled products (require_unlabelled),
 through the same lexical space and embedder. Variants of the adaptation (centring on/off, self-training rounds) then
-cost a training each, not a feature pass.
+cost a training each, not a feature pass. Asked for (augment=), restyled copies of the labelled train rows come
+with them (augment.py), so title augmentation is one more switch of the same views.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class AdaptViews:
     new_features: dict  # {modality: [n_new_products, d]}
     new_available: dict
     new_groups: np.ndarray  # group id per new-shop product
+    augmented: object = None  # augment.AugmentedRows: restyled copies of the labelled train rows (None: not asked)
 
     @property
     def mapped(self) -> np.ndarray:
@@ -46,9 +48,11 @@ def training_side(tables: dict) -> pd.DataFrame:
 
 
 def build_adapt_views(tables: dict, new_products: pd.DataFrame, new_shop: str, embed=None,
-                      modalities=("lexical", "text")) -> AdaptViews:
+                      modalities=("lexical", "text"), augment=None) -> AdaptViews:
     """AdaptViews of the training shops' `tables` ({shop: labelled products}) and the new shop's unlabelled
-    `new_products` (LabelLeak if they hold a label column)."""
+    `new_products` (LabelLeak if they hold a label column). `augment` (a number of variants or an
+    augment.AugmentConfig) adds restyled copies of the labelled train rows; None (default) computes none."""
+    from pipelines.adapt.augment import augment_config, augmented_training_rows
     from pipelines.inference.features import lexical_features
     from pipelines.onboard.classifier import lexical_view
     from pipelines.onboard.products import require_unlabelled
@@ -68,5 +72,8 @@ def build_adapt_views(tables: dict, new_products: pd.DataFrame, new_shop: str, e
     new_feats, new_avail = {"lexical": new_lex}, {"lexical": new_lex_ok}
     if "text" in modalities:
         (feats["text"], avail["text"]), (new_feats["text"], new_avail["text"]) = embed(texts), embed(new_texts)
+    augment = augment_config(augment)
+    augmented = augmented_training_rows(rows, texts, labels, groups, fit, space, augment, modalities, embed) \
+        if augment else None
     return AdaptViews(list(modalities), space, feats, avail, rows["platform"].to_numpy().astype(str), labels, split,
-                      new_shop, new_feats, new_avail, new_products["group_id"].astype(str).to_numpy())
+                      new_shop, new_feats, new_avail, new_products["group_id"].astype(str).to_numpy(), augmented)
