@@ -90,10 +90,14 @@ def cmd_bench_infer(args) -> int:
 
 
 def cmd_classify(args) -> int:
+    from pipelines.adapt.onboarding import classify_classifier
     from pipelines.inference.export import classify_export
 
-    summary = classify_export(args.platform, Path(args.input), Path(args.out), build_settings(args),
-                              model_dir=args.model, mode=args.stage, progress=not args.quiet)
+    settings = build_settings(args)
+    # a shop the champion never trained on is answered by the classifier adapted to it (unless --model says which)
+    adapted = None if args.model or args.no_adapt else classify_classifier(args.platform, Path(args.input), settings)
+    summary = classify_export(args.platform, Path(args.input), Path(args.out), settings, model_dir=args.model,
+                              mode=args.stage, progress=not args.quiet, classifier=adapted)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -144,9 +148,15 @@ def cmd_onboard(args) -> int:
     from pipelines.onboard.run import onboard_shop
     from pipelines.onboard.scope import default_google_taxonomy
 
+    from pipelines.adapt.onboarding import onboarding_classifier
+
     if not args.shop or not args.feed or not args.out:
         raise ValueError("onboard needs --shop NAME --feed FILE --out DIR (or: prodcat onboard measure ...)")
-    summary = onboard_shop(args.shop, Path(args.feed), args.format, Path(args.out), build_settings(args),
+    settings = build_settings(args)
+    # a new shop is classified by the model adapted to its own unlabelled products (unless --model / --no-adapt)
+    adapted = None if args.model or args.no_adapt else onboarding_classifier(args.shop, Path(args.feed), args.format,
+                                                                             settings)
+    summary = onboard_shop(args.shop, Path(args.feed), args.format, Path(args.out), settings, classifier=adapted,
                            model_dir=args.model, mode=args.stage, network=not args.no_network,
                            google_taxonomy=args.google_taxonomy or default_google_taxonomy(),
                            progress=not args.quiet)
@@ -183,13 +193,14 @@ def cmd_onboard_measure(args) -> int:
 
 
 def cmd_adapt_measure(args) -> int:
+    from pipelines.adapt.active import parse_label_fractions
     from pipelines.adapt.measure import AdaptMeasureConfig, measure_adaptation, parse_augment, parse_centres
     from pipelines.adapt.pseudo_labels import PseudoLabelConfig
 
     centres = parse_centres(args.centres)
     cfg = AdaptMeasureConfig(centres=centres, rounds=args.rounds, augment=parse_augment(args.augment),
                              pseudo=PseudoLabelConfig(precision=args.precision),
-                             max_epochs=args.max_epochs)
+                             max_epochs=args.max_epochs, label_fractions=parse_label_fractions(args.label_fractions))
     report = measure_adaptation(build_settings(args), Path(args.out), shops=args.shop or None, cfg=cfg,
                                 holdouts=args.holdout or None, benchmark_md=args.benchmark_md or None)
     print(Path(report["files"]["md"]).read_text())

@@ -85,7 +85,10 @@ def add_bench_commands(sub, commands) -> None:
 
 def add_model_commands(sub, commands) -> None:
     p = sub.add_parser("classify", help="classify a raw shop export (two-stage: lexical model, then the champion)")
-    p.add_argument("--platform", required=True, help="a shop with a column contract in data/shops/ (e.g. " + ", ".join(PLATFORMS) + ")")
+    p.add_argument("--platform", "--shop", dest="platform", required=True,
+                   help="a shop with a column contract in data/shops/ (e.g. " + ", ".join(PLATFORMS) + "); a shop without "
+                   "a hand mapping is classified by the model adapted to it (<work>/adapt/<shop>, made now if absent)")
+    p.add_argument("--no-adapt", action="store_true", help="answer a new shop with the champion, not adapted")
     p.add_argument("--input", required=True, help="the shop's raw export directory")
     p.add_argument("--out", required=True, help="predictions file, .parquet or .csv (quarantine written beside it)")
     p.add_argument("--model", default=None, help="stage-2 model dir (default: the registered champion); with --stage stage1: the stage-1 model dir")
@@ -152,6 +155,8 @@ def add_onboard_commands(sub, commands) -> None:
     p.add_argument("--google-taxonomy", default=None, help="Google product taxonomy file for out-of-scope anchors "
                    "(default: ../shared/benchmark/reference/google_product_taxonomy-with-ids.en-US.txt if present)")
     p.add_argument("--no-network", action="store_true", help="do not download http(s) images (cached ones are used)")
+    p.add_argument("--no-adapt", action="store_true", help="classify with the champion instead of the classifier "
+                   "adapted to the new shop's unlabelled products (<work>/adapt/<shop>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=commands.cmd_onboard, action=None)
     actions = p.add_subparsers(dest="action")
@@ -218,6 +223,9 @@ def add_adapt_commands(sub, commands) -> None:
     m.add_argument("--augment", default="off", help="title-style augmentation settings of the ablation: off, on or "
                                                      "off,on (each doubles the variants trained)")
     m.add_argument("--max-epochs", type=int, default=None, help="cap on training epochs (default: the config's)")
+    m.add_argument("--label-fractions", default="0.005,0.01,0.02,0.05",
+                   help="labelling curves (random vs active): shares of the held-out shop's train-split groups "
+                        "labelled, comma-separated; '' turns the curves off")
     m.add_argument("--benchmark-md", default=None, help="report to merge the 'adaptation' section into (default: "
                                                         "<work>/report/benchmark.md)")
     m.add_argument("--quiet", action="store_true")

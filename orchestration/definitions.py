@@ -10,14 +10,15 @@ import os
 from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules, map_asset_specs
 
 from orchestration import checks
-from orchestration.assets import catalogue, classifiers, embeddings, holdout, inference, recategorisation, review
+from orchestration.assets import (adaptation, catalogue, classifiers, embeddings, holdout, inference, recategorisation,
+                                  review)
 from orchestration.io import ParquetIOManager
 from orchestration.main_job import make_main_job
 from orchestration.resources import ProdcatSettings
 from orchestration.schedules import raw_export_drop, weekly_retraining, with_weekly_retraining
 from pipelines.settings import Settings, settings_from
 
-ASSET_MODULES = [catalogue, review, embeddings, classifiers, holdout, inference, recategorisation]
+ASSET_MODULES = [catalogue, review, embeddings, classifiers, holdout, adaptation, inference, recategorisation]
 # the settings each asset's result depends on: folded into its code version, so changing one (a new seed, another
 # encoder or taxonomy) marks exactly these assets, and what reads them, stale in the UI
 SETTINGS_IN_CODE_VERSION = {
@@ -28,6 +29,7 @@ SETTINGS_IN_CODE_VERSION = {
     "classifiers": ("seed", "taxonomy_path"),
     "holdout_evaluations": ("seed", "taxonomy_path"),
     "holdout_fewshot": ("seed", "taxonomy_path"),
+    "shop_adaptation": ("seed", "taxonomy_path", "text_encoder", "shops_dir", "mappings_dir"),
     "stage1_model": ("seed",),
 }
 

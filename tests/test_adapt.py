@@ -200,10 +200,28 @@ def test_onboarding_adapts_to_a_new_shop_and_not_to_a_training_shop(env, tmp_pat
     assert onboarding_classifier("hm", feed, None, env["settings"], out_dir=tmp_path / "hm", **opts) is None
     classifier = onboarding_classifier("acme", feed, None, env["settings"], out_dir=tmp_path / "acme",
                                        **opts | {"training_shops": ["myntra", "flipkart"]})
-    assert isinstance(classifier, AdaptedClassifier) and classifier.mode == "onboard-adapted"
+    assert isinstance(classifier, AdaptedClassifier) and classifier.mode == "adapted"
     assert classifier.info["new_shop"] == "acme" and classifier.info["training_shops"] == ["flipkart", "myntra"]
     out = classifier.classify(["Slim-fit jeans in washed denim"], [""])
     assert out["full_path"].iloc[0][0] == "Clothing"
+
+    # saved with the fingerprint of its inputs: the same inputs load it (same answers, nothing retrained) ...
+    assert (tmp_path / "acme" / "adapted.json").exists()
+    rounds = sorted(p.name for p in (tmp_path / "acme" / "training").iterdir())
+    again = onboarding_classifier("acme", feed, None, env["settings"], out_dir=tmp_path / "acme",
+                                  **opts | {"training_shops": ["myntra", "flipkart"]})
+    assert sorted(p.name for p in (tmp_path / "acme" / "training").iterdir()) == rounds
+    titles = env["new"]["title"].head(30).tolist()
+    first, second = classifier.classify(titles, [""] * 30), again.classify(titles, [""] * 30)
+    assert first["full_path"].tolist() == second["full_path"].tolist()
+    assert np.allclose(first["conf_L1"], second["conf_L1"], atol=1e-5)
+    # ... other training shops are other inputs: adapted again, not the saved model answering for other data
+    from pipelines.adapt.store import adapted_meta
+
+    before = adapted_meta(tmp_path / "acme")["fingerprint"]
+    onboarding_classifier("acme", feed, None, env["settings"], out_dir=tmp_path / "acme",
+                          **opts | {"training_shops": ["myntra"]})
+    assert adapted_meta(tmp_path / "acme")["fingerprint"] != before
 
 
 def test_strategy_choice_for_a_shop_reads_only_the_other_holdouts():

@@ -25,7 +25,7 @@ from pipelines.inference.two_stage import TwoStage
 
 CHUNK = 2048  # products per classify step in batch mode (bounds memory; one progress-bar tick)
 SUFFIXES = (".parquet", ".csv")
-WORK_INPUTS = ("models", "registry_cache", "mlartifacts", "lexical_space", "joint_space", "store", "embeddings",
+WORK_INPUTS = ("models", "adapt", "registry_cache", "mlartifacts", "lexical_space", "joint_space", "store", "embeddings",
                "assets", "normalized")  # what prodcat reads from its work dir: no output goes into these
 
 
@@ -33,15 +33,16 @@ class RowCountMismatch(RuntimeError):
     """Rows were lost or invented between the export and the output files: a bug, never silently accepted."""
 
 
-def read_export_unlabelled(platform: str, input_dir) -> tuple[pd.DataFrame, pd.DataFrame, int]:
-    """A raw export through the platform adapter and normalisation's row quarantine, without the category mapping.
-    -> (products, quarantine, rows in)."""
+def read_export_unlabelled(platform: str, input_dir, shops_dir=None) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """A raw export through the platform adapter (its contract in `shops_dir`, default data/shops) and
+    normalisation's row quarantine, without the category mapping. -> (products, quarantine, rows in)."""
     from pipelines.ingest.normalize import QUARANTINE_COLUMNS, checked_records, quarantine_to
     from pipelines.ingest.shops import get_adapter
     from pipelines.taxonomy.tree import path_str
 
     products, quarantine, counter = [], [], {"rows_in": 0}
-    for _, rec in checked_records(get_adapter(platform), Path(input_dir), quarantine_to(quarantine, platform), counter):
+    adapter = get_adapter(platform, shops_dir)
+    for _, rec in checked_records(adapter, Path(input_dir), quarantine_to(quarantine, platform), counter):
         products.append({k: rec.get(k) for k in ("product_id", "title", "description", "brand", "image_path")}
                         | {"native_path": path_str(rec.get("native_path") or [])})
     df = pd.DataFrame(products, columns=["product_id", "title", "description", "brand", "image_path", "native_path"])
@@ -143,7 +144,7 @@ def classify_export(platform: str, input_dir, out_file, settings, model_dir=None
     if not Path(input_dir).exists():
         raise FileNotFoundError(f"export {input_dir} not found")
     clf = classifier or TwoStage.load(settings, model_dir, mode)
-    products, quarantine, rows_in = read_export_unlabelled(platform, input_dir)
+    products, quarantine, rows_in = read_export_unlabelled(platform, input_dir, settings.shops_dir)
     t0 = time.perf_counter()
     result = classify_products(clf, products, platform, progress, settings.loader_workers)
     seconds = time.perf_counter() - t0
