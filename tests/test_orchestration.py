@@ -147,9 +147,9 @@ def test_changed_settings_change_exactly_the_code_versions_that_read_them(tmp_pa
 
     before, reseeded = versions(base), versions(base.with_(seed=1))
     assert {k for k in before if before[k] != reseeded[k]} == {
-        "baselines", "classifiers", "holdout_evaluations", "holdout_fewshot", "stage1_model"}
+        "baselines", "classifiers", "holdout_evaluations", "holdout_fewshot", "stage1_model", "shop_adaptation"}
     other_encoder = versions(base.with_(text_encoder="roberta-base"))
-    assert {k for k in before if before[k] != other_encoder[k]} == {"text_embeddings"}
+    assert {k for k in before if before[k] != other_encoder[k]} == {"text_embeddings", "shop_adaptation"}
 
 
 def test_taxonomy_path_survives_the_accept_subcommand():
