@@ -40,6 +40,28 @@ def headline_lines(report_dir: Path) -> list[str]:
     return lines
 
 
+def adaptation_lines(work_dir: Path) -> list[str]:
+    """Per shop, the test hF1 of the classifier adapted to it as if new (the shop_adaptation asset's tables)."""
+    import pandas as pd
+
+    scores = {}
+    for table in sorted((Path(work_dir) / "assets" / "shop_adaptation").glob("*.parquet")):
+        row = pd.read_parquet(table).iloc[0]
+        scores[row["shop"]] = _json_or_empty(row.get("test")).get("hF1")
+    scored = {shop: v for shop, v in scores.items() if v is not None}
+    if not scores:
+        return []
+    figures = ", ".join(f"{shop} {100 * v:.2f}%" for shop, v in scored.items()) or "no shop with a hand mapping"
+    return [f"  zero-label adaptation (each shop as new, test hF1): {figures}; models in {Path(work_dir) / 'adapt'}"]
+
+
+def _json_or_empty(text) -> dict:
+    try:
+        return json.loads(text) if isinstance(text, str) else {}
+    except ValueError:
+        return {}
+
+
 def check_lines(checks: list) -> list[str]:
     """Blocking checks that failed are errors (the run stopped); non-blocking ones are warnings with their figures."""
     lines = []
@@ -58,7 +80,7 @@ def print_summary(summary: dict, settings: Settings, log=print) -> None:
     log("")
     log(f"done: {len(summary) - 1} materialisations, {len(checks)} checks "
         f"({sum(not c[2] for c in checks)} not passed)")
-    for line in headline_lines(report) + check_lines(checks):
+    for line in headline_lines(report) + adaptation_lines(settings.work_dir) + check_lines(checks):
         log(line)
     log("reports:")
     for path in (report / "benchmark.md", settings.work_dir / "recategorisation" / "index.html"):
@@ -66,5 +88,5 @@ def print_summary(summary: dict, settings: Settings, log=print) -> None:
             log(f"  {path}")
     log("next:")
     log("  make ui                                   # Dagster UI :3000 (lineage, runs) + MLflow UI :5000")
-    log("  .venv/bin/prodcat classify --platform hm --input data/sample/hm --out /tmp/hm.csv")
+    log("  .venv/bin/prodcat classify --shop hm --input data/sample/hm --out /tmp/hm.csv")
     log("  .venv/bin/prodcat serve                   # HTTP API on :8000, OpenAPI at /docs")

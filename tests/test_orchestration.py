@@ -175,6 +175,10 @@ def test_run_summary_says_figures_warnings_and_where_to_look(tmp_path):
     (report / "benchmark.json").write_text(json.dumps({"results": {
         "model_late": {"test": {"hF1": 0.9712}}, "baseline_tfidf_svm": {"test": {"hF1": 0.9755}}}}))
     (report / "benchmark.md").write_text("# report\n")
+    adapted = tmp_path / "assets" / "shop_adaptation"
+    adapted.mkdir(parents=True)
+    pd.DataFrame([{"shop": "hm", "test": json.dumps({"hF1": 0.8123, "n": 40})}]).to_parquet(adapted / "hm.parquet")
+    pd.DataFrame([{"shop": "acme", "test": json.dumps({})}]).to_parquet(adapted / "acme.parquet")
     lines = []
     checks = [("beats_best_baseline", "late", False, "WARN", {"val_hF1": 0.97, "best_baseline_val_hF1": 0.975}),
               ("gx_products_suite", "hm", True, "ERROR", {})]
@@ -183,6 +187,7 @@ def test_run_summary_says_figures_warnings_and_where_to_look(tmp_path):
     assert "best model (test hF1): late 97.12%; best baseline tfidf_svm 97.55%" in text
     assert "warning: beats_best_baseline[late] val_hF1=0.97, best_baseline_val_hF1=0.975" in text
     assert "FAILED" not in text and str(report / "benchmark.md") in text and "make ui" in text
+    assert "zero-label adaptation (each shop as new, test hF1): hm 81.23%;" in text and "acme" not in text
 
 
 def test_a_new_shop_is_a_partition_from_its_contract_and_export_with_no_code_change(tmp_path):
