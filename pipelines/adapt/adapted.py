@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipelines.adapt.pseudo_labels import PseudoLabelConfig
+from pipelines.adapt.shift_routing import ShiftRoutingConfig
 from pipelines.onboard.classifier import ShopClassifier
 
 
@@ -50,6 +51,21 @@ class AdaptedClassifier(ShopClassifier):
     """A ShopClassifier for one new shop: its features are centred by that shop's unlabelled means."""
 
     centre_means: dict = field(default_factory=dict)  # {view: the new shop's mean vector}
+    # routing under shift (shift_routing.py): a calibration.Stage over the uncentred lexical view answers where its
+    # path probability is >= route_below, this classifier's stage the rest
+    stage1: object | None = None
+    route_below: float | None = None
+    review_below: float | None = None
+
+    def classify(self, titles, descriptions, image_paths=None, num_workers: int | None = 0,
+                 progress: bool = False):
+        from pipelines.adapt.shift_routing import classify_routed
+        from pipelines.onboard.classifier import _texts
+
+        texts = _texts(titles, descriptions)
+        if self.stage1 is None or self.route_below is None or not texts:
+            return super().classify(titles, descriptions, image_paths, num_workers, progress)
+        return classify_routed(self, texts)
 
     def features(self, texts: list[str]) -> tuple[dict, dict]:
         from pipelines.adapt.centring import UNIT_NORM_VIEWS, centre_rows
@@ -123,6 +139,15 @@ def _with_pseudo_rows(base: tuple, new_feats: dict, new_avail: dict, mask: np.nd
             np.concatenate([split, np.full(int(mask.sum()), "train")]))
 
 
+def training_base(views, train_features: dict) -> tuple:
+    """(features, available, labels, split) of the training shops' mapped rows: what every adapted model trains on
+    before the new shop's rows (pseudo-labelled or hand-labelled) are appended."""
+    rows = np.flatnonzero(views.mapped & np.isin(views.split, ["train", "val", "test"]))
+    return ({m: train_features[m][rows] for m in views.modalities},
+            {m: views.train_available[m][rows] for m in views.modalities},
+            [views.labels[i] for i in rows], views.split[rows])
+
+
 def adaptation_rounds(views, cfg: AdaptConfig, taxonomy, out_dir, *, seed: int = 0, threads: int = 0,
                       max_epochs: int | None = None):
     """Yield AdaptRound 0 (trained on the training shops, `cfg.centre` applied) and one per self-training round
@@ -135,9 +160,7 @@ def adaptation_rounds(views, cfg: AdaptConfig, taxonomy, out_dir, *, seed: int =
         raise BadAdaptConfig(f"self_train_rounds must be >= 0, got {cfg.self_train_rounds}")
     check_pseudo_config(cfg.pseudo)
     train, new, _ = centred_views(views, cfg.centre)
-    rows = np.flatnonzero(views.mapped & np.isin(views.split, ["train", "val", "test"]))
-    base = ({m: train[m][rows] for m in views.modalities}, {m: views.train_available[m][rows] for m in views.modalities},
-            [views.labels[i] for i in rows], views.split[rows])
+    base = training_base(views, train)
     if cfg.augment_titles:  # the restyled copies are training rows of their source shop (split 'train')
         from pipelines.adapt.augment import augmented_features
 
@@ -170,9 +193,12 @@ def adapted_classifier(views, fitted: _Fitted, cfg: AdaptConfig, embed) -> Adapt
 
 def adapt_shop_classifier(tables: dict, new_products, new_shop: str, taxonomy, out_dir, *, embed=None,
                           cfg: AdaptConfig = AdaptConfig(), modalities=("lexical", "text"), seed: int = 0,
-                          threads: int = 0, max_epochs: int | None = None) -> AdaptedClassifier:
+                          threads: int = 0, max_epochs: int | None = None,
+                          routing: ShiftRoutingConfig | None = ShiftRoutingConfig()) -> AdaptedClassifier:
     """The entry point: training shops' labelled `tables` ({shop: products with category_path}, onboard.training)
-    and the new shop's *unlabelled* products (LabelLeak if they hold a label column) -> the adapted classifier."""
+    and the new shop's *unlabelled* products (LabelLeak if they hold a label column) -> the adapted classifier,
+    routing under shift (shift_routing.py: a lexical stage 1, thresholds from the new shop's products) unless
+    `routing` is None."""
     from pipelines.adapt.augment import AugmentConfig
     from pipelines.adapt.views import build_adapt_views
 
@@ -183,4 +209,14 @@ def adapt_shop_classifier(tables: dict, new_products, new_shop: str, taxonomy, o
         pass
     classifier = adapted_classifier(views, last.fitted, cfg, embed)
     classifier.info["pseudo_labels"] = last.pseudo
+    if routing is not None:
+        from pathlib import Path
+
+        from pipelines.adapt.shift_routing import fit_shift_router
+
+        router = fit_shift_router(views, last, cfg.centre, taxonomy, Path(out_dir) / "stage1", config=routing,
+                                  seed=seed, threads=threads, max_epochs=max_epochs)
+        classifier.stage1, classifier.route_below, classifier.review_below = \
+            router.stage1, router.route_below, router.review_below
+        classifier.info["routing"] = router.info
     return classifier

@@ -24,6 +24,9 @@ from pipelines.adapt.pseudo_labels import PseudoLabelConfig
 
 SECTION = "adaptation"
 TARGETS = {"mean_test_hF1": 0.92, "every_shop_test_hF1": 0.88}
+# routing under shift (shift_routing.py), on every holdout: routed hF1 at most this many points below stage 2
+# alone, and the products flagged needs_review hold at least this share of the routed answer's errors
+TARGETS |= {"routed_within_points": 0.2, "review_holds_errors": 0.5}
 DEFAULT_CENTRES = ((), ("text",))  # the ablation's centring settings (each with 0..rounds self-training rounds)
 
 
@@ -114,8 +117,10 @@ def score_paths(hand: list, paths: list, mask: np.ndarray, depth: int) -> dict:
             **{k: v for k, v in levels.items() if k.startswith("n_L")}}
 
 
-def score_variants(holdout: str, products, found: dict, taxonomy) -> dict:
-    """The scoring step, the first to read the held-out shop's hand mapping."""
+def score_variants(holdout: str, products, found: dict, taxonomy, routes: dict | None = None,
+                   stage2: str | None = None) -> dict:
+    """The scoring step, the first to read the held-out shop's hand mapping. `routes`: shift_routing_outcomes,
+    scored against `stage2` (the primary variant) on the same products."""
     from pipelines.ingest.mapping import load_mapping
     from pipelines.onboard.evaluate import hand_labels
     from pipelines.onboard.training import SCOPE_IN
@@ -127,10 +132,16 @@ def score_variants(holdout: str, products, found: dict, taxonomy) -> dict:
     mapped = (labels["scope"] == SCOPE_IN).to_numpy()
     test = mapped & (products["split"].astype(str) == "test").to_numpy()
     where = "test" if test.any() else "all"  # the grouped test split when the shop has one
-    return {"scored_on": where,
-            "variants": {name: {"test": score_paths(hand, v["paths"], test if test.any() else mapped, taxonomy.depth),
-                                "all": score_paths(hand, v["paths"], mapped, taxonomy.depth),
-                                "pseudo": v["pseudo"], "classifier": v["info"]} for name, v in found.items()}}
+    scored = {"scored_on": where,
+              "variants": {name: {"test": score_paths(hand, v["paths"], test if test.any() else mapped, taxonomy.depth),
+                                  "all": score_paths(hand, v["paths"], mapped, taxonomy.depth),
+                                  "pseudo": v["pseudo"], "classifier": v["info"]} for name, v in found.items()}}
+    if routes and stage2 in found:
+        from pipelines.adapt.shift_routing import score_routing
+
+        scored["routing"] = score_routing(hand, test if test.any() else mapped, routes, found[stage2]["paths"]) | {
+            "router": routes["router"]}
+    return scored
 
 
 def measure_adaptation_holdout(holdout: str, shops: list, settings, out_dir, cfg: AdaptMeasureConfig,
@@ -154,7 +165,13 @@ def measure_adaptation_holdout(holdout: str, shops: list, settings, out_dir, cfg
     views = build_adapt_views(tables, products, holdout, embed, modalities,
                               augment=AugmentConfig() if any(cfg.augment) else None)
     found, _primary = predict_variants(views, cfg, taxonomy, out, settings)
-    scored = score_variants(holdout, products, found, taxonomy)
+    routes = None
+    if _primary is not None:  # routing under shift: stage 1 + thresholds from the unlabelled products, label-free
+        from pipelines.adapt.shift_routing import shift_routing_outcomes
+
+        routes = shift_routing_outcomes(views, _primary, cfg.primary.centre, taxonomy, out / "shift-stage1", settings,
+                                        max_epochs=cfg.max_epochs)
+    scored = score_variants(holdout, products, found, taxonomy, routes, cfg.primary.name)
     return {"holdout": holdout, "training_shops": training, "products": len(products), **scored,
             "seconds": round(time.perf_counter() - t0, 1)}
 
@@ -167,7 +184,12 @@ def summarise_adaptation(cells: list, cfg: AdaptMeasureConfig) -> dict:
     per_shop = {c["holdout"]: c["variants"].get(primary, {}).get("test", {}).get("hF1") for c in cells}
     met = {"mean_test_hF1": bool(mean.get(primary, 0.0) >= TARGETS["mean_test_hF1"]),
            "every_shop_test_hF1": all(v is not None and v >= TARGETS["every_shop_test_hF1"] for v in per_shop.values())}
+    from pipelines.adapt.shift_routing import routing_summary
+
+    routing = routing_summary(cells, TARGETS)
+    met |= routing["met"]
     return {"before": "none", "after": primary, "mean_test_hF1": mean, "primary_per_shop": per_shop, "met": met,
+            "routing": routing,
             "chosen_on_other_holdouts": chosen_on_other_holdouts(cells)}
 
 

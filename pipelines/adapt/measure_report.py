@@ -50,6 +50,37 @@ def pseudo_lines(report: dict) -> list[str]:
     return lines
 
 
+def routing_lines(report: dict) -> list[str]:
+    """Routing under shift (adapt/shift_routing.py): per holdout and router, what is routed to stage 2, the routed
+    answer's test hF1 against stage 2 alone, and how many of its errors needs_review flags."""
+    shops = {s: c["routing"] for s, c in report["shops"].items() if c.get("routing")}
+    if not shops:
+        return []
+    t, met = report["targets"], report["summary"].get("met", {})
+    budget = next(iter(shops.values())).get("router", {}).get("budget")
+    lines = ["", "Two-stage routing under shift: stage 1 = the lexical classifier of the training shops, stage 2 = the "
+             "adapted classifier (primary strategy). *in_distribution*: today's threshold, chosen on the training "
+             "shops' validation rows (stage1.yaml max_drop), needs_review = the per-level abstention. *agreement*: the "
+             "lowest stage-1 confidence above which stage 1's path differs from stage 2's on at most "
+             f"{pct(budget)}% of the new shop's unlabelled products; needs_review = abstention, or a routed product "
+             "whose stages disagree or whose stage-2 confidence is below the threshold keeping "
+             f"{pct(next(iter(shops.values())).get('router', {}).get('review_precision'))}% precision on the "
+             f"training shops' validation rows. Targets (agreement, every holdout): routed within "
+             f"{t.get('routed_within_points')} points of stage 2 ({met_word(met.get('routed_within_points'))}), "
+             f"flagged products hold >= {pct(t.get('review_holds_errors'))}% of its errors "
+             f"({met_word(met.get('review_holds_errors'))}).", "",
+             "| unseen shop | router | routed % | routed hF1 % | stage-2 hF1 % | diff (points) | flagged % | "
+             "errors caught % |", "|---|---|---|---|---|---|---|---|"]
+    for shop, routing in shops.items():
+        for name in ("in_distribution", "agreement"):
+            r = routing.get(name)
+            if r:
+                lines.append(f"| {shop} | {name} | {pct(r['routed_share'])} | {pct(r['hF1_routed'])} | "
+                             f"{pct(r['hF1_stage2'])} | {r['diff_points']:+.2f} | {pct(r['review_share'])} | "
+                             f"{pct(r['errors_flagged_share'])} |")
+    return lines
+
+
 def adaptation_section(report: dict) -> str:
     s, t = report["summary"], report["targets"]
     where = {c["scored_on"] for c in report["shops"].values()}
@@ -71,4 +102,4 @@ def adaptation_section(report: dict) -> str:
         "",
     ]
     return "\n".join(head + ablation_table(report) + ["", "Per-level accuracy on the same products:", ""]
-                     + level_table(report) + pseudo_lines(report))
+                     + level_table(report) + pseudo_lines(report) + routing_lines(report))
