@@ -148,6 +148,20 @@ def training_base(views, train_features: dict) -> tuple:
             [views.labels[i] for i in rows], views.split[rows])
 
 
+def round_base(views, cfg: AdaptConfig) -> tuple:
+    """(training rows as training_base, plus the restyled copies when `cfg.augment_titles`; the new shop's
+    features and availability), with `cfg.centre` applied: what every model of a `cfg` adaptation starts from (its
+    rounds, and the labelling curves of active.py)."""
+    train, new, _ = centred_views(views, cfg.centre)
+    base = training_base(views, train)
+    if cfg.augment_titles:  # the restyled copies are training rows of their source shop (split 'train')
+        from pipelines.adapt.augment import augmented_features
+
+        aug_feats, aug_avail, aug_labels = augmented_features(views, cfg.centre)
+        base = _with_pseudo_rows(base, aug_feats, aug_avail, np.ones(len(aug_labels), bool), aug_labels)
+    return base, new, {m: views.new_available[m] for m in views.modalities}
+
+
 def adaptation_rounds(views, cfg: AdaptConfig, taxonomy, out_dir, *, seed: int = 0, threads: int = 0,
                       max_epochs: int | None = None):
     """Yield AdaptRound 0 (trained on the training shops, `cfg.centre` applied) and one per self-training round
@@ -159,14 +173,7 @@ def adaptation_rounds(views, cfg: AdaptConfig, taxonomy, out_dir, *, seed: int =
     if cfg.self_train_rounds < 0:
         raise BadAdaptConfig(f"self_train_rounds must be >= 0, got {cfg.self_train_rounds}")
     check_pseudo_config(cfg.pseudo)
-    train, new, _ = centred_views(views, cfg.centre)
-    base = training_base(views, train)
-    if cfg.augment_titles:  # the restyled copies are training rows of their source shop (split 'train')
-        from pipelines.adapt.augment import augmented_features
-
-        aug_feats, aug_avail, aug_labels = augmented_features(views, cfg.centre)
-        base = _with_pseudo_rows(base, aug_feats, aug_avail, np.ones(len(aug_labels), bool), aug_labels)
-    new_avail = {m: views.new_available[m] for m in views.modalities}
+    base, new, new_avail = round_base(views, cfg)
     args = dict(taxonomy=taxonomy, modalities=views.modalities, seed=seed, threads=threads, max_epochs=max_epochs)
     fitted = _train_stage(*base, out_dir=Path(out_dir) / "round0", **args)
     yield AdaptRound(0, fitted, fitted.stage.predict(new, new_avail), {})

@@ -50,6 +50,36 @@ def pseudo_lines(report: dict) -> list[str]:
     return lines
 
 
+def curve_lines(report: dict) -> list[str]:
+    """The labelling curves (adapt/active.py): test hF1 with a share of the held-out shop's groups labelled, random
+    groups vs the active loop's picks."""
+    curves = report["summary"].get("curves") or {}
+    if not curves:
+        return []
+    shops = [s for s, c in report["shops"].items() if c.get("curves")]
+    target = report["targets"].get("active_1pct_mean_test_hF1", 0.95)
+    lines = ["", "Labelling curves: test hF1 % with a share of the held-out shop's train-split product groups "
+             "labelled by a person (simulated by its hand labels), the model retrained from the primary strategy's "
+             "pseudo-labels each time; random groups (nested sets) vs the active loop (the current model's most "
+             f"uncertain groups, one per group, spread over its predicted level-2 nodes). Target: active at 1% mean "
+             f">= {100 * target:.0f}% ({met_word(curves.get('active_1pct_met'))}: "
+             f"{pct(curves.get('active_1pct_mean_test_hF1'))}).", "",
+             "| labelled groups % | random mean | active mean | " + " | ".join(f"{s} random / active (groups)"
+                                                                      for s in shops) + " |",
+             "|---" * (len(shops) + 3) + "|"]
+    for key in curves["mean_test_hF1"]["random"]:
+        cells = []
+        for shop in shops:
+            by = {st: {f"{p['fraction']:g}": p for p in report["shops"][shop]["curves"][st]}
+                  for st in ("random", "active")}
+            r, a = by["random"].get(key, {}), by["active"].get(key, {})
+            cells.append(f"{pct(r.get('test', {}).get('hF1'))} / {pct(a.get('test', {}).get('hF1'))} "
+                         f"({a.get('groups_labelled', r.get('groups_labelled', 0))})")
+        lines.append(f"| {100 * float(key):g} | {pct(curves['mean_test_hF1']['random'].get(key))} | "
+                     f"{pct(curves['mean_test_hF1']['active'].get(key))} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def routing_lines(report: dict) -> list[str]:
     """Routing under shift (adapt/shift_routing.py): per holdout and router, what is routed to stage 2, the routed
     answer's test hF1 against stage 2 alone, and how many of its errors needs_review flags."""
@@ -102,4 +132,4 @@ def adaptation_section(report: dict) -> str:
         "",
     ]
     return "\n".join(head + ablation_table(report) + ["", "Per-level accuracy on the same products:", ""]
-                     + level_table(report) + pseudo_lines(report) + routing_lines(report))
+                     + level_table(report) + pseudo_lines(report) + curve_lines(report) + routing_lines(report))

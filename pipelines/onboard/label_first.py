@@ -2,11 +2,12 @@
 taxonomy and never two of one product group.
 
     picks = pick_label_first(predictions, products, k=50)   # -> <out>/label_first.csv
+    rank_for_labelling(table, k)                            # the shared order (adapt/active.py picks groups by it)
 
 Uncertainty sampling alone picks near-duplicates (ten colour variants of one unclear dress) and piles onto the one
 confusing corner of the taxonomy; a labelling budget buys more when each answer teaches something new. So:
   - uncertainty = 1 - the lowest per-level calibrated confidence of the product's predicted path (its weakest
-    decision), ties broken by the smaller margin between that level and the one above;
+    decision), ties broken by product id;
   - diversity = at most one product per product group, and the picks go round-robin over the predicted level-2
     nodes (each node's most uncertain product first; nodes ordered by their most uncertain product).
 Products flagged out of scope are left out: labelling them teaches the classifier nothing about the taxonomy.
@@ -20,20 +21,26 @@ LABEL_FIRST_FILE = "label_first.csv"
 LABEL_FIRST_COLUMNS = ["rank", "product_id", "group_id", "predicted_path", "node", "uncertainty", "min_confidence"]
 
 
+def weakest_confidence(conf) -> np.ndarray:
+    """The lowest per-level calibrated confidence along each row's predicted path ([n, depth], NaN below a shallow
+    leaf: those levels are ignored; a row with none counts as certain)."""
+    conf = np.asarray(conf, float)
+    conf = np.where(np.isnan(conf), np.inf, conf) if conf.size else np.ones((len(conf), 1))
+    weakest = conf.min(axis=1)
+    return np.where(np.isinf(weakest), 1.0, weakest)
+
+
 def uncertainty_scores(predictions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """(uncertainty, min per-level confidence) per prediction row; missing levels (a shallow path) are ignored."""
     levels = [c for c in predictions.columns if c.startswith("conf_L")]
-    conf = predictions[levels].to_numpy(float) if levels else np.ones((len(predictions), 1))
-    conf = np.where(np.isnan(conf), np.inf, conf)
-    weakest = conf.min(axis=1)
-    weakest = np.where(np.isinf(weakest), 1.0, weakest)
+    weakest = weakest_confidence(predictions[levels].to_numpy(float) if levels else np.ones((len(predictions), 1)))
     return 1.0 - weakest, weakest
 
 
-def _round_robin(candidates: pd.DataFrame, k: int) -> list[int]:
+def _round_robin(candidates: pd.DataFrame, k: int) -> list:
     """Row labels of `candidates` (sorted most uncertain first), one per node per round, k at most."""
     queues = {node: list(rows.index) for node, rows in candidates.groupby("node", sort=False)}
-    picked: list[int] = []
+    picked: list = []
     while queues and len(picked) < k:
         for node in list(queues):
             picked.append(queues[node].pop(0))
@@ -42,6 +49,16 @@ def _round_robin(candidates: pd.DataFrame, k: int) -> list[int]:
             if len(picked) == k:
                 break
     return picked
+
+
+def rank_for_labelling(table: pd.DataFrame, k: int | None = None, key: str = "product_id") -> pd.DataFrame:
+    """The labelling order shared by onboarding's label-first list and the adaptation's active loop: `table`
+    (one row per product: `key`, group_id, node, uncertainty) -> its first `k` rows (all when None) in order: one
+    product per group (the group's most uncertain speaks for it), round-robin over the nodes, most uncertain
+    first within a node (ties by `key`)."""
+    table = table.sort_values(["uncertainty", key], ascending=[False, True], kind="stable")
+    table = table.drop_duplicates("group_id", keep="first")
+    return table.loc[_round_robin(table, len(table) if k is None else max(int(k), 0))]
 
 
 def pick_label_first(predictions: pd.DataFrame, products: pd.DataFrame, k: int = 50) -> pd.DataFrame:
@@ -61,9 +78,7 @@ def pick_label_first(predictions: pd.DataFrame, products: pd.DataFrame, k: int =
     table["node"] = [path_str(parse_path(p)[:2]) for p in table["predicted_path"]]
     if "out_of_scope" in predictions.columns:
         table = table[~predictions["out_of_scope"].astype(bool).to_numpy()]
-    table = table.sort_values(["uncertainty", "product_id"], ascending=[False, True], kind="stable")
-    table = table.drop_duplicates("group_id", keep="first")  # the group's most uncertain product speaks for it
-    picked = table.loc[_round_robin(table, max(int(k), 0))].reset_index(drop=True)
+    picked = rank_for_labelling(table, k).reset_index(drop=True)
     picked.insert(0, "rank", np.arange(1, len(picked) + 1))
     return picked[LABEL_FIRST_COLUMNS]
 
