@@ -202,7 +202,8 @@ def cmd_adapt_measure(args) -> int:
                              pseudo=PseudoLabelConfig(precision=args.precision),
                              max_epochs=args.max_epochs, label_fractions=parse_label_fractions(args.label_fractions))
     report = measure_adaptation(build_settings(args), Path(args.out), shops=args.shop or None, cfg=cfg,
-                                holdouts=args.holdout or None, benchmark_md=args.benchmark_md or None)
+                                holdouts=args.holdout or None, benchmark_md=args.benchmark_md or None,
+                                jobs=max(1, args.jobs))
     print(Path(report["files"]["md"]).read_text())
     print(f"wrote {report['files']['json']} and the 'adaptation' section of {report['files']['benchmark_md']}")
     return 0

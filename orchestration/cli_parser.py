@@ -216,16 +216,18 @@ def add_adapt_commands(sub, commands) -> None:
     m.add_argument("--out", required=True, help="writes adaptation.json, adaptation.md, <shop>/ per held-out shop")
     m.add_argument("--shop", action="append", default=None, help="shops taking part (default: every registered one)")
     m.add_argument("--holdout", action="append", default=None, help="held-out shops measured (default: every shop)")
-    m.add_argument("--centres", default="none,text", help="centring settings of the ablation, each 'none' or views "
+    m.add_argument("--centres", default="none", help="centring settings of the ablation, each 'none' or views "
                                                           "joined by '+' (text, lexical), e.g. none,text,text+lexical")
     m.add_argument("--rounds", type=int, default=2, help="self-training rounds (each round is a cell of the ablation)")
     m.add_argument("--precision", type=float, default=0.99, help="pseudo-label threshold: training shops' val precision")
-    m.add_argument("--augment", default="off", help="title-style augmentation settings of the ablation: off, on or "
+    m.add_argument("--augment", default="off,on", help="title-style augmentation settings of the ablation: off, on or "
                                                      "off,on (each doubles the variants trained)")
     m.add_argument("--max-epochs", type=int, default=None, help="cap on training epochs (default: the config's)")
     m.add_argument("--label-fractions", default="0.005,0.01,0.02,0.05",
                    help="labelling curves (random vs active): shares of the held-out shop's train-split groups "
                         "labelled, comma-separated; '' turns the curves off")
+    m.add_argument("--jobs", type=int, default=1, help="held-out shops measured at once, each in its own process "
+                                                       "with one torch thread (2 on a 2-core machine)")
     m.add_argument("--benchmark-md", default=None, help="report to merge the 'adaptation' section into (default: "
                                                         "<work>/report/benchmark.md)")
     m.add_argument("--quiet", action="store_true")

@@ -31,7 +31,7 @@ def env(tmp_path_factory):
     tables = load_training_shops(["hm", "myntra"], settings.raw_dir, taxonomy, MAPPINGS_DIR)
     new = read_shop_unlabelled("flipkart", settings.raw_dir("flipkart"), verify_images=False).products
     views = build_adapt_views(tables, new, "flipkart", None, ("lexical",))
-    start = list(adaptation_rounds(views, AdaptConfig(centre=(), self_train_rounds=1), taxonomy, root / "adapt",
+    start = list(adaptation_rounds(views, AdaptConfig(augment_titles=False, centre=(), self_train_rounds=1), taxonomy, root / "adapt",
                                    seed=0, threads=1, max_epochs=8))[-1]
     truth = hand_labels([list(n) for n in new["native_path"]], load_mapping(MAPPINGS_DIR / "flipkart.csv", taxonomy))
     return {"root": root, "settings": settings, "taxonomy": taxonomy, "new": new, "views": views, "start": start,

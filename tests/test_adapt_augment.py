@@ -187,7 +187,8 @@ def test_augment_titles_trains_on_the_copies_and_classifies(env, tmp_path):
     cfg = AdaptConfig(self_train_rounds=0, augment_titles=True)
     assert cfg.name == "augment-titles" and AdaptConfig(augment_titles=True).name.endswith(", augment-titles")
     args = dict(seed=0, threads=1, max_epochs=2)
-    plain = next(adaptation_rounds(views, AdaptConfig(self_train_rounds=0), env["taxonomy"], tmp_path / "p", **args))
+    plain = next(adaptation_rounds(views, AdaptConfig(augment_titles=False, self_train_rounds=0), env["taxonomy"],
+                                   tmp_path / "p", **args))
     (step,) = list(adaptation_rounds(views, cfg, env["taxonomy"], tmp_path / "a", **args))
     assert step.fitted.info["train_rows"] == plain.fitted.info["train_rows"] + len(views.augmented.source)
     classifier = adapted_classifier(views, step.fitted, cfg, None)
@@ -240,7 +241,7 @@ def test_cli_takes_the_augmentation_settings_of_the_ablation(tmp_path, capsys):
 
     args = build_parser(cli).parse_args(["adapt", "measure", "--out", "x", "--augment", "off,on"])
     assert args.fn is cli.cmd_adapt_measure and parse_augment(args.augment) == (False, True)
-    assert parse_augment(build_parser(cli).parse_args(["adapt", "measure", "--out", "x"]).augment) == (False,)
+    assert parse_augment(build_parser(cli).parse_args(["adapt", "measure", "--out", "x"]).augment) == (False, True)
     out = tmp_path / "m"
     assert cli.main(["adapt", "measure", "--out", str(out), "--augment", "sometimes", "--data", "sample"]) == 2
     assert "--augment 'sometimes'" in capsys.readouterr().err and not out.exists()  # refused before measuring

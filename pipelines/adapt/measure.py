@@ -36,7 +36,7 @@ class AdaptMeasureConfig:
     rounds: int = 2
     pseudo: PseudoLabelConfig = PseudoLabelConfig()
     max_epochs: int | None = None
-    augment: tuple = (False,)  # title-style augmentation (augment.py) off and/or on: each value doubles the ablation
+    augment: tuple = (False, True)  # title-style augmentation (augment.py) off and/or on: each value doubles the ablation
     label_fractions: tuple = (0.005, 0.01, 0.02, 0.05)  # the labelling curves' budgets (active.py); () = off
 
     @property
@@ -222,11 +222,28 @@ def chosen_on_other_holdouts(cells: list) -> dict:
             "min_test_hF1": round(float(np.min(scores)), 4)}
 
 
+def holdout_cells(holdouts: list, shops: list, settings, out: Path, cfg: AdaptMeasureConfig, modalities,
+                  jobs: int = 1) -> list:
+    """measure_adaptation_holdout per held-out shop, in order; with jobs > 1 that many at once, each in its own
+    (spawned) process with one torch thread - the holdouts share nothing but the embedding store, whose writes
+    are atomic."""
+    if jobs <= 1 or len(holdouts) <= 1:
+        return [measure_adaptation_holdout(h, shops, settings, out, cfg, modalities) for h in holdouts]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    one_thread = settings.with_(threads=1)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(measure_adaptation_holdout, h, shops, one_thread, out, cfg, modalities)
+                   for h in holdouts]
+        return [f.result() for f in futures]
+
+
 def measure_adaptation(settings, out_dir, shops=None, *, cfg: AdaptMeasureConfig = AdaptMeasureConfig(),
-                       modalities=("lexical", "text"), holdouts=None, benchmark_md=None) -> dict:
-    """Every shop of `holdouts` (default: all registered benchmark shops with an export) adapted to as new;
-    writes adaptation.json + adaptation.md in `out_dir` and the 'adaptation' section of `benchmark_md` (default
-    <work>/report/benchmark.md). -> the report dict."""
+                       modalities=("lexical", "text"), holdouts=None, benchmark_md=None, jobs: int = 1) -> dict:
+    """Every shop of `holdouts` (default: all registered benchmark shops with an export) adapted to as new (`jobs`
+    at a time); writes adaptation.json + adaptation.md in `out_dir` and the 'adaptation' section of `benchmark_md`
+    (default <work>/report/benchmark.md). -> the report dict."""
     from pipelines.adapt.measure_report import adaptation_section
     from pipelines.reports.sections import publish_measurement
     from pipelines.onboard.training import measured_shops
@@ -234,7 +251,7 @@ def measure_adaptation(settings, out_dir, shops=None, *, cfg: AdaptMeasureConfig
     shops = measured_shops(settings, shops)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cells = [measure_adaptation_holdout(h, shops, settings, out, cfg, modalities) for h in (holdouts or shops)]
+    cells = holdout_cells(list(holdouts or shops), shops, settings, out, cfg, modalities, jobs)
     report = {"data_root": str(settings.data_root), "targets": TARGETS, "modalities": list(modalities),
               "config": {"centres": [list(c) for c in cfg.centres], "rounds": cfg.rounds,
                          "augment": [bool(a) for a in cfg.augment],
