@@ -3,7 +3,6 @@ products, and the leave-one-platform-out measurement end to end. Real sample dat
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from pipelines.settings import MAPPINGS_DIR, SAMPLE_DIR, Settings

@@ -129,7 +129,7 @@ def _server_env(**extra) -> dict:
 def _materialise_platforms(home: Path, work: Path):
     """What `catalogue` reads - normalized_products for every platform and the (empty) reviewed_labels - in
     process, into the instance the UI serves."""
-    from dagster import AssetSelection, DagsterInstance
+    from dagster import DagsterInstance
 
     from orchestration.definitions import build_definitions
     from orchestration.runners import run_in_process

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from dagster import AssetKey, AssetSelection, DagsterInstance
+from dagster import AssetKey, DagsterInstance
 
 from pipelines.settings import SAMPLE_DIR, Settings
 

@@ -1,5 +1,4 @@
 """Dynamic masking and best-valid-path decoding."""
-import numpy as np
 import torch
 
 from models.fusion import build_fusion
