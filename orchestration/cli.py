@@ -194,11 +194,13 @@ def cmd_onboard_measure(args) -> int:
 
 def cmd_adapt_measure(args) -> int:
     from pipelines.adapt.active import parse_label_fractions
-    from pipelines.adapt.measure import AdaptMeasureConfig, measure_adaptation, parse_augment, parse_centres
+    from pipelines.adapt.measure import (AdaptMeasureConfig, measure_adaptation, parse_augment, parse_centres,
+                                         parse_fusions)
     from pipelines.adapt.pseudo_labels import PseudoLabelConfig
 
     centres = parse_centres(args.centres)
     cfg = AdaptMeasureConfig(centres=centres, rounds=args.rounds, augment=parse_augment(args.augment),
+                             fusions=parse_fusions(args.fusion),
                              pseudo=PseudoLabelConfig(precision=args.precision),
                              max_epochs=args.max_epochs, label_fractions=parse_label_fractions(args.label_fractions))
     report = measure_adaptation(build_settings(args), Path(args.out), shops=args.shop or None, cfg=cfg,

@@ -235,3 +235,25 @@ def test_strategy_choice_for_a_shop_reads_only_the_other_holdouts():
     # a's own 0.99 does not choose for a: b and c prefer none; b is chosen by a + c (none 0.85, st 0.895)
     assert picks["a"] == {"strategy": "none", "test_hF1": 0.80}
     assert picks["b"] == {"strategy": "st", "test_hF1": 0.85} and picks["c"]["strategy"] == "st"
+
+
+def test_early_fusion_switch_trains_the_early_strategy_and_parses(env, tmp_path):
+    """The paper's early-vs-late claim re-tested after adaptation: AdaptConfig.fusion picks early.yaml's model."""
+    from pipelines.adapt.adapted import AdaptConfig, adaptation_rounds
+    from pipelines.adapt.measure import AdaptMeasureConfig, parse_fusions, variant_configs
+    from pipelines.adapt.views import build_adapt_views
+    from pipelines.classify.train import load_model
+
+    views = build_adapt_views(env["tables"], env["new"], "flipkart", env["embed"])
+    cfg = AdaptConfig(augment_titles=False, self_train_rounds=0, fusion="early")
+    (step,) = list(adaptation_rounds(views, cfg, env["taxonomy"], tmp_path, seed=0, threads=1, max_epochs=2))
+    assert cfg.name == "early-fusion" and step.fitted.info["strategy"] == "onboard-lexical-text-early"
+    saved = load_model(next((tmp_path / "round0").rglob("model.json")).parent)
+    assert step.fitted.stage.model.cfg["fusion"] == saved.cfg["fusion"] == "early"
+    assert all(env["taxonomy"].is_valid_path(p) for p in step.new_prediction.paths)
+    assert parse_fusions("early,late") == ("early", "late")
+    with pytest.raises(ValueError, match="--fusion"):
+        parse_fusions("middle")
+    names = [c.name for c in variant_configs(AdaptMeasureConfig(centres=((),), rounds=0, augment=(False,),
+                                                                fusions=("early", "late")))]
+    assert names == ["early-fusion", "none"]

@@ -170,7 +170,8 @@ def label_curve(views, start, candidates_mask, oracle, fractions, strategy: str,
     groups = np.asarray(views.new_groups).astype(str)
     pool = candidate_groups(groups, candidates_mask)
     pseudo_rows, pseudo_labels = _start_pseudo(start, len(groups))
-    args = dict(taxonomy=taxonomy, modalities=views.modalities, seed=seed, threads=threads, max_epochs=max_epochs)
+    args = dict(taxonomy=taxonomy, modalities=views.modalities, seed=seed, threads=threads, max_epochs=max_epochs,
+                fusion=(adapt_cfg or NO_ADAPTATION).fusion)
     labelled, prediction = {}, start.new_prediction
     for fraction in sorted(set(float(f) for f in fractions)):
         target = min(len(pool), math.ceil(round(fraction * len(pool), 9)))

@@ -30,12 +30,14 @@ class AdaptConfig:
     self_train_rounds: int = 2  # 0 = off
     pseudo: PseudoLabelConfig = PseudoLabelConfig()
     augment_titles: bool = True  # restyled copies of the training shops' train rows join training (augment.py)
+    fusion: str = "late"  # how the lexical and text views are fused (onboard_strategy: late or early)
 
     @property
     def name(self) -> str:
         parts = (["centre-" + "+".join(self.centre)] if self.centre else []) + \
                 ([f"self-train-x{self.self_train_rounds}"] if self.self_train_rounds else []) + \
-                (["augment-titles"] if self.augment_titles else [])
+                (["augment-titles"] if self.augment_titles else []) + \
+                ([f"{self.fusion}-fusion"] if self.fusion != "late" else [])
         return ", ".join(parts) or "none"
 
 
@@ -99,11 +101,11 @@ class _Fitted:
 
 
 def _train_stage(features: dict, available: dict, labels: list, split: np.ndarray, taxonomy, out_dir, modalities,
-                 seed: int, threads: int, max_epochs) -> _Fitted:
+                 seed: int, threads: int, max_epochs, fusion: str = "late") -> _Fitted:
     """Train (early stopping on 'val', the training shops' rows) and calibrate temperatures on the same rows."""
     from pipelines.onboard.classifier import onboard_strategy, train_calibrated_stage
 
-    return _Fitted(*train_calibrated_stage(onboard_strategy(modalities), features, available, labels, split,
+    return _Fitted(*train_calibrated_stage(onboard_strategy(modalities, fusion), features, available, labels, split,
                                            taxonomy, out_dir, seed=seed, threads=threads, max_epochs=max_epochs))
 
 
@@ -174,7 +176,8 @@ def adaptation_rounds(views, cfg: AdaptConfig, taxonomy, out_dir, *, seed: int =
         raise BadAdaptConfig(f"self_train_rounds must be >= 0, got {cfg.self_train_rounds}")
     check_pseudo_config(cfg.pseudo)
     base, new, new_avail = round_base(views, cfg)
-    args = dict(taxonomy=taxonomy, modalities=views.modalities, seed=seed, threads=threads, max_epochs=max_epochs)
+    args = dict(taxonomy=taxonomy, modalities=views.modalities, seed=seed, threads=threads, max_epochs=max_epochs,
+                fusion=cfg.fusion)
     fitted = _train_stage(*base, out_dir=Path(out_dir) / "round0", **args)
     yield AdaptRound(0, fitted, fitted.stage.predict(new, new_avail), {})
     for r in range(1, cfg.self_train_rounds + 1):

@@ -38,6 +38,7 @@ class AdaptMeasureConfig:
     max_epochs: int | None = None
     augment: tuple = (False, True)  # title-style augmentation (augment.py) off and/or on: each value doubles the ablation
     label_fractions: tuple = (0.005, 0.01, 0.02, 0.05)  # the labelling curves' budgets (active.py); () = off
+    fusions: tuple = ("late",)  # lexical + text fusion of the ablation's models (early and/or late)
 
     @property
     def primary(self) -> AdaptConfig:
@@ -47,7 +48,7 @@ class AdaptMeasureConfig:
         if default.name in {v.name for v in variant_configs(self)}:
             return default
         return AdaptConfig(tuple(self.centres[-1]) if self.centres else (), self.rounds, self.pseudo,
-                           augment_titles=bool(self.augment and self.augment[-1]))
+                           augment_titles=bool(self.augment and self.augment[-1]), fusion=self.fusions[-1])
 
 
 class BadCentres(ValueError):
@@ -68,6 +69,16 @@ def parse_centres(text: str, views=("lexical", "text")) -> tuple:
     return tuple(out)
 
 
+def parse_fusions(text: str) -> tuple:
+    """'early,late' -> ('early', 'late'): the fusions of the ablation (the paper's early-vs-late claim re-tested)."""
+    from pipelines.onboard.classifier import FUSIONS
+
+    items = tuple(dict.fromkeys(t.strip().lower() for t in str(text).split(",") if t.strip()))
+    if not items or any(i not in FUSIONS for i in items):
+        raise ValueError(f"--fusion {text!r}: give {' or '.join(FUSIONS)} or both, comma-separated")
+    return items
+
+
 def parse_augment(text: str) -> tuple:
     """'off,on' -> (False, True): the title-augmentation settings of the ablation."""
     values = {"off": False, "on": True}
@@ -79,8 +90,8 @@ def parse_augment(text: str) -> tuple:
 
 def variant_configs(cfg: AdaptMeasureConfig) -> list[AdaptConfig]:
     """Every (augmentation, centring, rounds) cell of the ablation; its `name` is the key in the report."""
-    return [AdaptConfig(tuple(c), r, cfg.pseudo, augment_titles=bool(a)) for a in cfg.augment for c in cfg.centres
-            for r in range(cfg.rounds + 1)]
+    return [AdaptConfig(tuple(c), r, cfg.pseudo, augment_titles=bool(a), fusion=f) for f in cfg.fusions
+            for a in cfg.augment for c in cfg.centres for r in range(cfg.rounds + 1)]
 
 
 def predict_variants(views, cfg: AdaptMeasureConfig, taxonomy, out: Path, settings) -> tuple[dict, object]:
@@ -89,9 +100,10 @@ def predict_variants(views, cfg: AdaptMeasureConfig, taxonomy, out: Path, settin
     from pipelines.adapt.adapted import adaptation_rounds
 
     found, primary = {}, None
-    for augment, centre in [(a, c) for a in cfg.augment for c in cfg.centres]:
-        chain = AdaptConfig(tuple(centre), cfg.rounds, cfg.pseudo, augment_titles=bool(augment))
-        folder = ("centre-" + "+".join(centre) if centre else "no-centre") + ("-augment-titles" if augment else "")
+    for fusion, augment, centre in [(f, a, c) for f in cfg.fusions for a in cfg.augment for c in cfg.centres]:
+        chain = AdaptConfig(tuple(centre), cfg.rounds, cfg.pseudo, augment_titles=bool(augment), fusion=fusion)
+        folder = ("centre-" + "+".join(centre) if centre else "no-centre") + ("-augment-titles" if augment else "") \
+            + ("" if fusion == "late" else f"-{fusion}-fusion")
         for step in adaptation_rounds(views, chain, taxonomy, out / folder,
                                       seed=settings.seed, threads=settings.threads, max_epochs=cfg.max_epochs):
             name = replace(chain, self_train_rounds=step.round).name
@@ -254,7 +266,7 @@ def measure_adaptation(settings, out_dir, shops=None, *, cfg: AdaptMeasureConfig
     cells = holdout_cells(list(holdouts or shops), shops, settings, out, cfg, modalities, jobs)
     report = {"data_root": str(settings.data_root), "targets": TARGETS, "modalities": list(modalities),
               "config": {"centres": [list(c) for c in cfg.centres], "rounds": cfg.rounds,
-                         "augment": [bool(a) for a in cfg.augment],
+                         "augment": [bool(a) for a in cfg.augment], "fusions": list(cfg.fusions),
                          "pseudo": cfg.pseudo.__dict__, "max_epochs": cfg.max_epochs, "primary": cfg.primary.name,
                          "label_fractions": list(cfg.label_fractions)},
               "summary": summarise_adaptation(cells, cfg), "shops": {c["holdout"]: c for c in cells}}

@@ -20,17 +20,24 @@ import pandas as pd
 ONBOARD_MODALITIES = ("lexical", "text")
 
 
-def onboard_strategy(modalities=ONBOARD_MODALITIES) -> dict:
-    """The classifier config: stage1.yaml for the lexical view alone, late.yaml's fusion for several views."""
+FUSIONS = ("late", "early")
+
+
+def onboard_strategy(modalities=ONBOARD_MODALITIES, fusion: str = "late") -> dict:
+    """The classifier config: stage1.yaml for the lexical view alone, `fusion`'s strategy config (late.yaml or
+    early.yaml) for several views."""
     from pipelines.classify.train import strategy_config
 
     modalities = list(modalities)
     unknown = sorted(set(modalities) - {"lexical", "text"})
     if unknown or not modalities:
         raise ValueError(f"onboarding classifier modalities are 'lexical' and/or 'text', got {modalities}")
-    base = strategy_config("stage1" if modalities == ["lexical"] else "late")
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion {fusion!r}: one of {FUSIONS}")
+    base = strategy_config("stage1" if modalities == ["lexical"] else fusion)
+    suffix = "" if fusion == "late" else f"-{fusion}"
     return {k: v for k, v in base.items() if k not in ("routing", "abstain")} | {
-        "name": "onboard-" + "-".join(modalities), "modalities": modalities}
+        "name": "onboard-" + "-".join(modalities) + suffix, "modalities": modalities}
 
 
 def _texts(titles, descriptions) -> list[str]:
