@@ -91,9 +91,10 @@ def cmd_bench_infer(args) -> int:
 
 def cmd_classify(args) -> int:
     from pipelines.adapt.onboarding import classify_classifier
-    from pipelines.inference.export import classify_export
+    from pipelines.inference.export import checked_outputs, classify_export, classify_inputs
 
     settings = build_settings(args)
+    checked_outputs(Path(args.out), classify_inputs(settings, Path(args.input), args.model))  # cheapest failure first
     # a shop the champion never trained on is answered by the classifier adapted to it (unless --model says which)
     adapted = None if args.model or args.no_adapt else classify_classifier(args.platform, Path(args.input), settings)
     summary = classify_export(args.platform, Path(args.input), Path(args.out), settings, model_dir=args.model,

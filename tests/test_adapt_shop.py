@@ -82,3 +82,16 @@ def test_adaptation_of_a_benchmark_shop_is_scored_only_against_its_mapping(new_s
                                     modalities=("lexical",), max_epochs=3, out_dir=tmp_path / "hm")
     assert summary["training_shops"] == ["myntra"]
     assert summary["test"]["n"] > 0 and 0.0 < summary["test"]["hF1"] <= 1.0
+
+
+def test_classify_refuses_an_unknown_shop_before_adapting_or_making_a_folder(new_shop, monkeypatch, capsys):
+    from orchestration.cli import main
+
+    settings = new_shop["settings"]
+    for key, value in {"PRODCAT_DATA": new_shop["raw"], "PRODCAT_WORK": settings.work_dir,
+                       "PRODCAT_SHOPS": settings.shops_dir, "PRODCAT_MAPPINGS": settings.mappings_dir}.items():
+        monkeypatch.setenv(key, str(value))
+    out = new_shop["root"] / "unknown.csv"
+    assert main(["classify", "--shop", "nosuch", "--input", str(new_shop["raw"] / "acme"), "--out", str(out)]) == 2
+    assert "nosuch" in capsys.readouterr().err
+    assert not (settings.work_dir / "adapt" / "nosuch").exists() and not out.exists()

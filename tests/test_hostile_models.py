@@ -105,8 +105,8 @@ def test_rows_in_check_runs_before_anything_is_written(two_stage_models, stage1_
 
     real = export_module.read_export_unlabelled
 
-    def one_row_lost(platform, input_dir):
-        products, quarantine, rows_in = real(platform, input_dir)
+    def one_row_lost(platform, input_dir, shops_dir=None):
+        products, quarantine, rows_in = real(platform, input_dir, shops_dir)
         return products.iloc[1:], quarantine, rows_in
 
     monkeypatch.setattr(export_module, "read_export_unlabelled", one_row_lost)

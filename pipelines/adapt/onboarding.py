@@ -92,8 +92,11 @@ def classify_classifier(shop: str, export_dir, settings, **kwargs):
     from pipelines.onboard.embedding import TextEmbedder
     from pipelines.onboard.products import read_shop_unlabelled, require_products
 
+    from pipelines.ingest.shops import get_adapter
+
     if shop in labelled_shops(settings):
         return None
+    get_adapter(shop, settings.shops_dir)  # an unknown shop is refused here (BadExport), before any folder is made
     saved = load_adapted(settings.work("adapt", shop), TextEmbedder.from_settings(settings), settings.text_encoder)
     if saved is not None:
         return saved
