@@ -226,7 +226,7 @@ def add_adapt_commands(sub, commands) -> None:
     m.add_argument("--label-fractions", default="0.005,0.01,0.02,0.05",
                    help="labelling curves (random vs active): shares of the held-out shop's train-split groups "
                         "labelled, comma-separated; '' turns the curves off")
-    m.add_argument("--fusion", default="late", help="fusion of the lexical and text views: late, early or "
+    m.add_argument("--fusion", default="early,late", help="fusion of the lexical and text views: late, early or "
                                                     "early,late (the paper's early-vs-late claim after adaptation)")
     m.add_argument("--jobs", type=int, default=1, help="held-out shops measured at once, each in its own process "
                                                        "with one torch thread (2 on a 2-core machine)")

@@ -38,7 +38,7 @@ class AdaptMeasureConfig:
     max_epochs: int | None = None
     augment: tuple = (False, True)  # title-style augmentation (augment.py) off and/or on: each value doubles the ablation
     label_fractions: tuple = (0.005, 0.01, 0.02, 0.05)  # the labelling curves' budgets (active.py); () = off
-    fusions: tuple = ("late",)  # lexical + text fusion of the ablation's models (early and/or late)
+    fusions: tuple = ("early", "late")  # lexical + text fusion of the ablation's models (early and/or late)
 
     @property
     def primary(self) -> AdaptConfig:
