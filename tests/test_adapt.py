@@ -32,7 +32,7 @@ def test_adaptation_refuses_a_labelled_frame_and_runs_without_labels(env, tmp_pa
     from pipelines.onboard.products import LabelLeak
 
     labelled = env["new"].assign(category_path=[("Clothing",)] * len(env["new"]))
-    cfg = AdaptConfig(augment_titles=False, centre=("lexical",), self_train_rounds=1)
+    cfg = AdaptConfig(augment_titles=False, fusion="late", centre=("lexical",), self_train_rounds=1)
     with pytest.raises(LabelLeak, match="category_path"):
         adapt_shop_classifier(env["tables"], labelled, "flipkart", env["taxonomy"], tmp_path / "leak", cfg=cfg,
                               modalities=("lexical",), max_epochs=2, threads=1)
@@ -65,7 +65,7 @@ def test_measurement_scores_only_after_every_variant_predicted(env, tmp_path, mo
 
     monkeypatch.setattr(mapping, "load_mapping", load)
     monkeypatch.setattr(measure, "predict_variants", predict)
-    cfg = measure.AdaptMeasureConfig(centres=((),), rounds=0, augment=(False,), max_epochs=1)
+    cfg = measure.AdaptMeasureConfig(fusions=("late",), centres=((),), rounds=0, augment=(False,), max_epochs=1)
     measure.measure_adaptation_holdout("flipkart", ["hm", "myntra", "flipkart"], env["settings"], tmp_path, cfg,
                                        modalities=("lexical",))
     held_out = [i for i, e in enumerate(events) if e == ("mapping", "flipkart")]
@@ -109,10 +109,10 @@ def test_centring_restores_accuracy_on_a_shop_whose_vectors_are_offset(env, tmp_
     from pipelines.adapt.adapted import AdaptConfig
 
     views, truth = _shifted_views(env, offset_norm=1.5)
-    plain = _rounds(views, env, tmp_path / "plain", AdaptConfig(augment_titles=False, centre=(), self_train_rounds=0))[0]
-    centred = _rounds(views, env, tmp_path / "centred", AdaptConfig(augment_titles=False, centre=("text",), self_train_rounds=0))[0]
+    plain = _rounds(views, env, tmp_path / "plain", AdaptConfig(augment_titles=False, fusion="late", centre=(), self_train_rounds=0))[0]
+    centred = _rounds(views, env, tmp_path / "centred", AdaptConfig(augment_titles=False, fusion="late", centre=("text",), self_train_rounds=0))[0]
     unshifted, _ = _shifted_views(env, offset_norm=0.0)
-    reference = _rounds(unshifted, env, tmp_path / "ref", AdaptConfig(augment_titles=False, centre=(), self_train_rounds=0))[0]
+    reference = _rounds(unshifted, env, tmp_path / "ref", AdaptConfig(augment_titles=False, fusion="late", centre=(), self_train_rounds=0))[0]
     acc = {name: _accuracy(r.new_prediction.paths, truth)
            for name, r in (("plain", plain), ("centred", centred), ("reference", reference))}
     assert acc["plain"] < acc["reference"] - 0.2, acc  # the offset really hurts
@@ -124,7 +124,7 @@ def test_self_training_learns_the_shifted_shop_from_its_confident_products(env, 
     from pipelines.adapt.adapted import AdaptConfig
 
     views, truth = _shifted_views(env, offset_norm=0.6)
-    before, after = _rounds(views, env, tmp_path, AdaptConfig(augment_titles=False, centre=(), self_train_rounds=1))
+    before, after = _rounds(views, env, tmp_path, AdaptConfig(augment_titles=False, fusion="late", centre=(), self_train_rounds=1))
     pseudo, rows = after.pseudo, after.pseudo_rows
     assert 0 < pseudo["products"] == rows.sum() < len(truth) and 0 < pseudo["threshold"] < 1
     # the threshold from the training shops' validation rows picks the products the model gets right more often
@@ -175,7 +175,7 @@ def test_measure_adaptation_on_the_sample_writes_json_report_and_section(env, tm
     md = tmp_path / "benchmark.md"
     md.write_text("# Benchmark\n")
     report = measure_adaptation(env["settings"], tmp_path / "out", holdouts=["hm"], benchmark_md=md,
-                                cfg=AdaptMeasureConfig(centres=((), ("text",)), rounds=1, augment=(False,), max_epochs=2))
+                                cfg=AdaptMeasureConfig(fusions=("late",), centres=((), ("text",)), rounds=1, augment=(False,), max_epochs=2))
     data = json.loads((tmp_path / "out" / "adaptation.json").read_text())
     cell = data["shops"]["hm"]
     assert set(cell["variants"]) == {"none", "self-train-x1", "centre-text", "centre-text, self-train-x1"}
@@ -194,7 +194,7 @@ def test_onboarding_adapts_to_a_new_shop_and_not_to_a_training_shop(env, tmp_pat
     from pipelines.settings import DATA
 
     feed = DATA / "feeds" / "hm" / "google.tsv"
-    cfg = AdaptConfig(augment_titles=False, centre=("lexical",), self_train_rounds=1)
+    cfg = AdaptConfig(augment_titles=False, fusion="late", centre=("lexical",), self_train_rounds=1)
     opts = dict(training_shops=["hm", "myntra", "flipkart"], cfg=cfg, modalities=("lexical",), max_epochs=2)
     assert onboarding_classifier("hm", feed, None, env["settings"], out_dir=tmp_path / "hm", **opts) is None
     classifier = onboarding_classifier("acme", feed, None, env["settings"], out_dir=tmp_path / "acme",

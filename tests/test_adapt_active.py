@@ -31,7 +31,7 @@ def env(tmp_path_factory):
     tables = load_training_shops(["hm", "myntra"], settings.raw_dir, taxonomy, MAPPINGS_DIR)
     new = read_shop_unlabelled("flipkart", settings.raw_dir("flipkart"), verify_images=False).products
     views = build_adapt_views(tables, new, "flipkart", None, ("lexical",))
-    start = list(adaptation_rounds(views, AdaptConfig(augment_titles=False, centre=(), self_train_rounds=1), taxonomy, root / "adapt",
+    start = list(adaptation_rounds(views, AdaptConfig(augment_titles=False, fusion="late", centre=(), self_train_rounds=1), taxonomy, root / "adapt",
                                    seed=0, threads=1, max_epochs=8))[-1]
     truth = hand_labels([list(n) for n in new["native_path"]], load_mapping(MAPPINGS_DIR / "flipkart.csv", taxonomy))
     return {"root": root, "settings": settings, "taxonomy": taxonomy, "new": new, "views": views, "start": start,
@@ -185,7 +185,7 @@ def test_measurement_writes_scored_curves_and_the_report_table(env, tmp_path):
 
     md = tmp_path / "benchmark.md"
     md.write_text("# Benchmark\n")
-    cfg = AdaptMeasureConfig(centres=((),), rounds=1, max_epochs=2, label_fractions=(0.01, 0.02))
+    cfg = AdaptMeasureConfig(fusions=("late",), centres=((),), rounds=1, max_epochs=2, label_fractions=(0.01, 0.02))
     measure_adaptation(env["settings"], tmp_path / "out", holdouts=["flipkart"], benchmark_md=md, cfg=cfg,
                        modalities=("lexical",))
     data = json.loads((tmp_path / "out" / "adaptation.json").read_text())
@@ -210,7 +210,7 @@ def test_measurement_writes_scored_curves_and_the_report_table(env, tmp_path):
 def test_no_curves_when_label_fractions_are_empty(env, tmp_path):
     from pipelines.adapt.measure import AdaptMeasureConfig, measure_adaptation_holdout
 
-    cfg = AdaptMeasureConfig(centres=((),), rounds=0, max_epochs=1, label_fractions=())
+    cfg = AdaptMeasureConfig(fusions=("late",), centres=((),), rounds=0, max_epochs=1, label_fractions=())
     cell = measure_adaptation_holdout("flipkart", ["hm", "myntra", "flipkart"], env["settings"], tmp_path, cfg,
                                       modalities=("lexical",))
     assert "curves" not in cell

@@ -125,7 +125,7 @@ def test_views_without_augmentation_compute_no_copies_and_refuse_the_ingredient(
 
     plain = AdaptViews(**{**env["views"].__dict__, "augmented": None})
     with pytest.raises(NoAugmentedRows, match="augment"):
-        next(adaptation_rounds(plain, AdaptConfig(self_train_rounds=0, augment_titles=True), env["taxonomy"],
+        next(adaptation_rounds(plain, AdaptConfig(self_train_rounds=0, augment_titles=True, fusion="late"), env["taxonomy"],
                                tmp_path, threads=1, max_epochs=1))
     assert not (tmp_path / "round0").exists()
 
@@ -184,10 +184,11 @@ def test_augment_titles_trains_on_the_copies_and_classifies(env, tmp_path):
     from pipelines.adapt.adapted import AdaptConfig, adaptation_rounds, adapted_classifier
 
     views = env["views"]
-    cfg = AdaptConfig(self_train_rounds=0, augment_titles=True)
-    assert cfg.name == "augment-titles" and AdaptConfig(augment_titles=True).name.endswith(", augment-titles")
+    cfg = AdaptConfig(self_train_rounds=0, augment_titles=True, fusion="late")
+    assert cfg.name == "augment-titles" and AdaptConfig(augment_titles=True, fusion="late").name.endswith(
+        ", augment-titles")
     args = dict(seed=0, threads=1, max_epochs=2)
-    plain = next(adaptation_rounds(views, AdaptConfig(augment_titles=False, self_train_rounds=0), env["taxonomy"],
+    plain = next(adaptation_rounds(views, AdaptConfig(augment_titles=False, fusion="late", self_train_rounds=0), env["taxonomy"],
                                    tmp_path / "p", **args))
     (step,) = list(adaptation_rounds(views, cfg, env["taxonomy"], tmp_path / "a", **args))
     assert step.fitted.info["train_rows"] == plain.fitted.info["train_rows"] + len(views.augmented.source)
@@ -214,7 +215,7 @@ def test_augment_titles_with_centred_text_vectors(env, tmp_path):
     feats, _, _ = augmented_features(views, ("text",))
     np.testing.assert_allclose(np.linalg.norm(feats["text"], axis=1), 1.0, atol=1e-4)  # renormalised after centring
     assert not np.allclose(feats["text"], aug.features["text"])
-    (step,) = list(adaptation_rounds(views, AdaptConfig(("text",), 0, augment_titles=True), env["taxonomy"],
+    (step,) = list(adaptation_rounds(views, AdaptConfig(("text",), 0, augment_titles=True, fusion="late"), env["taxonomy"],
                                      tmp_path, seed=0, threads=1, max_epochs=2))
     assert len(step.new_prediction.paths) == 100
 
@@ -225,9 +226,9 @@ def test_measurement_crosses_augmentation_with_centring_and_rounds(env, tmp_path
     assert parse_augment("off,on") == (False, True) and parse_augment("on") == (True,)
     with pytest.raises(ValueError, match="--augment"):
         parse_augment("maybe")
-    cfg = AdaptMeasureConfig(centres=((),), rounds=0, augment=(False, True), max_epochs=1)
+    cfg = AdaptMeasureConfig(fusions=("late",), centres=((),), rounds=0, augment=(False, True), max_epochs=1)
     assert [v.name for v in variant_configs(cfg)] == ["none", "augment-titles"]
-    assert AdaptMeasureConfig(centres=((),), rounds=1, augment=(True,)).primary.augment_titles
+    assert AdaptMeasureConfig(fusions=("late",), centres=((),), rounds=1, augment=(True,)).primary.augment_titles
     found, _ = predict_variants(env["views"], cfg, env["taxonomy"], tmp_path, env["settings"])
     assert set(found) == {"none", "augment-titles"}
     assert found["augment-titles"]["info"]["train_rows"] > found["none"]["info"]["train_rows"]

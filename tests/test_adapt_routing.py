@@ -102,7 +102,7 @@ def routed_classifier(env):
     from pipelines.adapt.adapted import AdaptConfig, adapt_shop_classifier
 
     return adapt_shop_classifier(env["tables"], env["new"], "flipkart", env["taxonomy"], env["root"] / "routing-clf",
-                                 cfg=AdaptConfig(augment_titles=False, self_train_rounds=1), modalities=("lexical",), max_epochs=15,
+                                 cfg=AdaptConfig(augment_titles=False, fusion="late", self_train_rounds=1), modalities=("lexical",), max_epochs=15,
                                  threads=1)
 
 
@@ -148,7 +148,7 @@ def test_adapted_classifier_without_routing_answers_with_stage_2(env, tmp_path):
     from pipelines.adapt.adapted import AdaptConfig, adapt_shop_classifier
 
     clf = adapt_shop_classifier(env["tables"], env["new"].head(200), "flipkart", env["taxonomy"], tmp_path,
-                                cfg=AdaptConfig(augment_titles=False, self_train_rounds=0), modalities=("lexical",), max_epochs=2,
+                                cfg=AdaptConfig(augment_titles=False, fusion="late", self_train_rounds=0), modalities=("lexical",), max_epochs=2,
                                 threads=1, routing=None)
     assert clf.stage1 is None and "routing" not in clf.info
     assert set(_classify(clf, env["new"].head(20))["stage"]) == {1}  # the single-stage contract
@@ -187,7 +187,7 @@ def test_measurement_scores_routing_after_predictions_within_the_budget(env, tmp
     monkeypatch.setattr(shift_routing, "shift_routing_outcomes", routes)
     monkeypatch.setattr(shift_routing, "score_routing", score)
     no_curves = {"label_fractions": ()} if "label_fractions" in measure.AdaptMeasureConfig.__dataclass_fields__ else {}
-    cfg = measure.AdaptMeasureConfig(centres=((),), rounds=1, augment=(False,), max_epochs=10, **no_curves)  # routing
+    cfg = measure.AdaptMeasureConfig(fusions=("late",), centres=((),), rounds=1, augment=(False,), max_epochs=10, **no_curves)  # routing
     cell = measure.measure_adaptation_holdout("flipkart", ["hm", "myntra", "flipkart"], env["settings"], tmp_path,
                                               cfg, modalities=("lexical",))
     held_out = min(i for i, e in enumerate(events) if e == ("mapping", "flipkart"))

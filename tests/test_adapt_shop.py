@@ -78,7 +78,7 @@ def test_adaptation_of_a_benchmark_shop_is_scored_only_against_its_mapping(new_s
     from pipelines.adapt.adapted import AdaptConfig
     from pipelines.adapt.onboarding import adapt_registered_shop
 
-    summary = adapt_registered_shop("hm", new_shop["settings"], cfg=AdaptConfig(augment_titles=False, self_train_rounds=1),
+    summary = adapt_registered_shop("hm", new_shop["settings"], cfg=AdaptConfig(augment_titles=False, fusion="late", self_train_rounds=1),
                                     modalities=("lexical",), max_epochs=3, out_dir=tmp_path / "hm")
     assert summary["training_shops"] == ["myntra"]
     assert summary["test"]["n"] > 0 and 0.0 < summary["test"]["hF1"] <= 1.0
