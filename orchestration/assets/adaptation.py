@@ -12,7 +12,9 @@ from orchestration.resources import ProdcatSettings
 
 
 @asset(partitions_def=platform_partitions, group_name="holdout", code_version="1",
-       deps=[AssetDep("raw_export", partition_mapping=AllPartitionMapping())],
+       # text_embeddings first: the products' MiniLM vectors then come from the store that asset filled, so the
+       # in-distribution models read the same vectors whether or not a shop was adapted before them
+       deps=[AssetDep(name, partition_mapping=AllPartitionMapping()) for name in ("raw_export", "text_embeddings")],
        description="The classifier adapted to this shop from its unlabelled products (self-training on the other, "
                    "labelled shops), saved for classify/onboard; test hF1 when the shop has a hand mapping.")
 def shop_adaptation(context: AssetExecutionContext, settings: ProdcatSettings) -> Output[pd.DataFrame]:
