@@ -50,6 +50,8 @@ def test_shop_adaptation_asset_adapts_a_new_shop_and_classify_uses_it(new_shop):
     run_in_process(defs, ("shop_adaptation",), DagsterInstance.ephemeral(), "acme")
     saved = settings.work("adapt", "acme")
     meta = adapted_meta(saved)
+    assert not (settings.work_dir / "store").exists()  # the embedding assets' store is not adaptation's to change
+    assert any((settings.work_dir / "adapt" / ".store").iterdir())
     assert meta["info"]["new_shop"] == "acme" and meta["info"]["training_shops"] == ["hm", "myntra"]
     assert meta["info"]["pseudo_labels"]["products"] > 0  # its unlabelled products were trained on
     table = pd.read_parquet(settings.work_dir / "assets" / "shop_adaptation" / "acme.parquet")

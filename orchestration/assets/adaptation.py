@@ -12,8 +12,8 @@ from orchestration.resources import ProdcatSettings
 
 
 @asset(partitions_def=platform_partitions, group_name="holdout", code_version="1",
-       # text_embeddings first: the products' MiniLM vectors then come from the store that asset filled, so the
-       # in-distribution models read the same vectors whether or not a shop was adapted before them
+       # after text_embeddings, and with its own embedding store (onboarding.adapt_store): adapting a shop never
+       # changes the vectors the in-distribution models read, nor the embedding stage's outputs
        deps=[AssetDep(name, partition_mapping=AllPartitionMapping()) for name in ("raw_export", "text_embeddings")],
        description="The classifier adapted to this shop from its unlabelled products (self-training on the other, "
                    "labelled shops), saved for classify/onboard; test hF1 when the shop has a hand mapping.")

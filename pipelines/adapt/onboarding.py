@@ -29,6 +29,13 @@ def labelled_shops(settings) -> list[str]:
     return [s for s in ordered if settings.raw_dir(s).is_dir() and (Path(settings.mappings_dir) / f"{s}.csv").exists()]
 
 
+def adapt_store(settings):
+    """The embedding store adapted classifiers read and write (<work>/adapt/.store; '.' is never in a shop name):
+    their restyled titles and new shops' texts stay out of the embedding assets' store, an output of another
+    pipeline stage (DVC's `embeddings`), which adapting a shop must not change."""
+    return settings.work("adapt", ".store")
+
+
 def adaptation_fingerprint(products, tables: dict, cfg: AdaptConfig, modalities, encoder: str) -> str:
     """What the adapted model was made from: changes when the new shop's products, a training shop's labelled
     rows, the adaptation config or the encoder do."""
@@ -57,7 +64,7 @@ def adapted_for_shop(shop: str, products, settings, *, training_shops=None, cfg:
                          f"{settings.data_root} and a mapping in {settings.mappings_dir}")
     taxonomy = load_taxonomy(settings.taxonomy_path)
     tables = load_training_shops(training, settings.raw_dir, taxonomy, settings.mappings_dir, settings.shops_dir)
-    embed = TextEmbedder.from_settings(settings) if "text" in modalities else None
+    embed = TextEmbedder.from_settings(settings, adapt_store(settings)) if "text" in modalities else None
     fingerprint = adaptation_fingerprint(products, tables, cfg, modalities, settings.text_encoder)
     out = Path(out_dir) if out_dir else settings.work("adapt", shop)
     meta = adapted_meta(out)
@@ -97,7 +104,8 @@ def classify_classifier(shop: str, export_dir, settings, **kwargs):
     if shop in labelled_shops(settings):
         return None
     get_adapter(shop, settings.shops_dir)  # an unknown shop is refused here (BadExport), before any folder is made
-    saved = load_adapted(settings.work("adapt", shop), TextEmbedder.from_settings(settings), settings.text_encoder)
+    embed = TextEmbedder.from_settings(settings, adapt_store(settings))
+    saved = load_adapted(settings.work("adapt", shop), embed, settings.text_encoder)
     if saved is not None:
         return saved
     products = require_products(read_shop_unlabelled(shop, export_dir, verify_images=False,

@@ -23,9 +23,10 @@ class TextEmbedder:
         self.progress = progress
 
     @classmethod
-    def from_settings(cls, settings) -> "TextEmbedder":
-        return cls(settings.text_encoder, settings.work("store"), settings.threads, settings.weights_cache,
-                   progress=not settings.quiet)
+    def from_settings(cls, settings, store_dir=None) -> "TextEmbedder":
+        """The settings' encoder over `store_dir` (default: the work dir's store, the embedding assets' own)."""
+        return cls(settings.text_encoder, store_dir or settings.work("store"), settings.threads,
+                   settings.weights_cache, progress=not settings.quiet)
 
     @property
     def dim(self) -> int:
