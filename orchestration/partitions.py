@@ -7,7 +7,6 @@ from pathlib import Path
 
 from dagster import DynamicPartitionsDefinition
 
-from pipelines.settings import PLATFORMS
 
 SHOPS = "shops"
 platform_partitions = DynamicPartitionsDefinition(name=SHOPS)
@@ -16,9 +15,9 @@ platform_partitions = DynamicPartitionsDefinition(name=SHOPS)
 def known_shops(data_root: Path, shops_dir: Path) -> list[str]:
     """Shops with a column contract (<shops_dir>/<shop>.yaml, the Settings' shops_dir: data/shops/ by default) whose
     export folder exists under the data root; the benchmark shops first, in their usual order."""
-    contracts = sorted(p.stem for p in Path(shops_dir).glob("*.yaml"))
-    ordered = [s for s in PLATFORMS if s in contracts] + [s for s in contracts if s not in PLATFORMS]
-    return [s for s in ordered if (Path(data_root) / s).is_dir()]
+    from pipelines.ingest.shops import registered_shops
+
+    return registered_shops(data_root, shops_dir)
 
 
 def register_shops(instance, shops: list[str]) -> list[str]:

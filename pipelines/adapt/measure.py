@@ -130,29 +130,35 @@ def score_paths(hand: list, paths: list, mask: np.ndarray, depth: int) -> dict:
             **{k: v for k, v in levels.items() if k.startswith("n_L")}}
 
 
-def score_variants(holdout: str, products, found: dict, taxonomy, routes: dict | None = None,
-                   stage2: str | None = None) -> dict:
-    """The scoring step, the first to read the held-out shop's hand mapping. `routes`: shift_routing_outcomes,
-    scored against `stage2` (the primary variant) on the same products."""
+def hand_scoring_rows(holdout: str, products, taxonomy, mappings_dir=None) -> tuple:
+    """(hand path per product, mapped in scope, the rows scored, which: 'test' - the grouped test split - when the
+    shop has one, else 'all' mapped products) from the shop's hand mapping, read after every prediction is made."""
     from pipelines.ingest.mapping import load_mapping
     from pipelines.onboard.evaluate import hand_labels
     from pipelines.onboard.training import SCOPE_IN
     from pipelines.settings import MAPPINGS_DIR
 
-    labels = hand_labels([list(n) for n in products["native_path"]], load_mapping(MAPPINGS_DIR / f"{holdout}.csv",
-                                                                                   taxonomy))
-    hand = labels["hand_path"].tolist()
+    mapping = load_mapping(Path(mappings_dir or MAPPINGS_DIR) / f"{holdout}.csv", taxonomy)
+    labels = hand_labels([list(n) for n in products["native_path"]], mapping)
     mapped = (labels["scope"] == SCOPE_IN).to_numpy()
-    test = mapped & (products["split"].astype(str) == "test").to_numpy()
-    where = "test" if test.any() else "all"  # the grouped test split when the shop has one
+    split = products["split"].astype(str).to_numpy() if "split" in products else np.full(len(mapped), "")
+    test = mapped & (split == "test")
+    return (labels["hand_path"].tolist(), mapped) + ((test, "test") if test.any() else (mapped, "all"))
+
+
+def score_variants(holdout: str, products, found: dict, taxonomy, routes: dict | None = None,
+                   stage2: str | None = None) -> dict:
+    """The scoring step, the first to read the held-out shop's hand mapping. `routes`: shift_routing_outcomes,
+    scored against `stage2` (the primary variant) on the same products."""
+    hand, mapped, rows, where = hand_scoring_rows(holdout, products, taxonomy)
     scored = {"scored_on": where,
-              "variants": {name: {"test": score_paths(hand, v["paths"], test if test.any() else mapped, taxonomy.depth),
+              "variants": {name: {"test": score_paths(hand, v["paths"], rows, taxonomy.depth),
                                   "all": score_paths(hand, v["paths"], mapped, taxonomy.depth),
                                   "pseudo": v["pseudo"], "classifier": v["info"]} for name, v in found.items()}}
     if routes and stage2 in found:
         from pipelines.adapt.shift_routing import score_routing
 
-        scored["routing"] = score_routing(hand, test if test.any() else mapped, routes, found[stage2]["paths"]) | {
+        scored["routing"] = score_routing(hand, rows, routes, found[stage2]["paths"]) | {
             "router": routes["router"]}
     return scored
 
@@ -177,18 +183,18 @@ def measure_adaptation_holdout(holdout: str, shops: list, settings, out_dir, cfg
     # the restyled copies are computed once, when any variant of the ablation trains on them
     views = build_adapt_views(tables, products, holdout, embed, modalities,
                               augment=AugmentConfig() if any(cfg.augment) else None)
-    found, _primary = predict_variants(views, cfg, taxonomy, out, settings)
+    found, primary = predict_variants(views, cfg, taxonomy, out, settings)
     routes = None
-    if _primary is not None:  # routing under shift: stage 1 + thresholds from the unlabelled products, label-free
+    if primary is not None:  # routing under shift: stage 1 + thresholds from the unlabelled products, label-free
         from pipelines.adapt.shift_routing import shift_routing_outcomes
 
-        routes = shift_routing_outcomes(views, _primary, cfg.primary.centre, taxonomy, out / "shift-stage1", settings,
+        routes = shift_routing_outcomes(views, primary, cfg.primary.centre, taxonomy, out / "shift-stage1", settings,
                                         max_epochs=cfg.max_epochs)
     scored = score_variants(holdout, products, found, taxonomy, routes, cfg.primary.name)
-    if cfg.label_fractions and _primary is not None:  # the labelling curves start where zero-label adaptation ends
+    if cfg.label_fractions and primary is not None:  # the labelling curves start where zero-label adaptation ends
         from pipelines.adapt.active import measure_label_curves
 
-        scored["curves"] = measure_label_curves(views, _primary, products, holdout, cfg.label_fractions, taxonomy,
+        scored["curves"] = measure_label_curves(views, primary, products, holdout, cfg.label_fractions, taxonomy,
                                                 out / "curves", settings, adapt_cfg=cfg.primary,
                                                 max_epochs=cfg.max_epochs)
     return {"holdout": holdout, "training_shops": training, "products": len(products), **scored,

@@ -20,13 +20,12 @@ TABLE_COLUMNS = ("title", "description", "group_id", "split", "category_path")
 
 
 def labelled_shops(settings) -> list[str]:
-    """Shops the champion can train on: a column contract, an export under the data root and a hand mapping;
-    the benchmark shops first."""
-    from pipelines.settings import PLATFORMS
+    """Shops the champion can train on: registered (a column contract and an export under the data root) and with
+    a hand mapping; the benchmark shops first."""
+    from pipelines.ingest.shops import registered_shops
 
-    contracts = sorted(p.stem for p in Path(settings.shops_dir).glob("*.yaml"))
-    ordered = [s for s in PLATFORMS if s in contracts] + [s for s in contracts if s not in PLATFORMS]
-    return [s for s in ordered if settings.raw_dir(s).is_dir() and (Path(settings.mappings_dir) / f"{s}.csv").exists()]
+    return [s for s in registered_shops(settings.data_root, settings.shops_dir)
+            if (Path(settings.mappings_dir) / f"{s}.csv").exists()]
 
 
 def adapt_store(settings):
@@ -96,10 +95,9 @@ def classify_classifier(shop: str, export_dir, settings, **kwargs):
     <work>/adapt/<shop> (by the asset or onboarding) when there is one, else adapted now to this export's products;
     None for a labelled shop (the champion answers)."""
     from pipelines.adapt.store import load_adapted
+    from pipelines.ingest.shops import get_adapter
     from pipelines.onboard.embedding import TextEmbedder
     from pipelines.onboard.products import read_shop_unlabelled, require_products
-
-    from pipelines.ingest.shops import get_adapter
 
     if shop in labelled_shops(settings):
         return None
@@ -135,20 +133,11 @@ def adapt_registered_shop(shop: str, settings, **kwargs) -> dict:
 def score_against_mapping(shop: str, products, paths: list, settings) -> dict:
     """hF1 at the label's depth on the shop's grouped test split (all mapped products when it has none), from its
     hand mapping; {} for a shop without one (a new shop: nothing to score against)."""
-    import numpy as np
-
-    from pipelines.adapt.measure import score_paths
-    from pipelines.ingest.mapping import load_mapping
-    from pipelines.onboard.evaluate import hand_labels
-    from pipelines.onboard.training import SCOPE_IN
+    from pipelines.adapt.measure import hand_scoring_rows, score_paths
     from pipelines.taxonomy.tree import load_taxonomy
 
-    path = Path(settings.mappings_dir) / f"{shop}.csv"
-    if not path.exists():
+    if not (Path(settings.mappings_dir) / f"{shop}.csv").exists():
         return {}
     taxonomy = load_taxonomy(settings.taxonomy_path)
-    labels = hand_labels([list(n) for n in products["native_path"]], load_mapping(path, taxonomy))
-    mapped = (labels["scope"] == SCOPE_IN).to_numpy()
-    test = mapped & (products["split"].astype(str) == "test").to_numpy() if "split" in products else mapped
-    rows = test if test.any() else mapped
-    return score_paths(labels["hand_path"].tolist(), [tuple(p) for p in paths], np.asarray(rows), taxonomy.depth)
+    hand, _, rows, _ = hand_scoring_rows(shop, products, taxonomy, settings.mappings_dir)
+    return score_paths(hand, [tuple(p) for p in paths], rows, taxonomy.depth)

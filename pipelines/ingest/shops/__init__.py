@@ -26,5 +26,17 @@ def get_adapter(platform: str, shops_dir=None):
     return shop_adapter(platform, shops_dir)
 
 
+def registered_shops(data_root, shops_dir) -> list[str]:
+    """Shops with a column contract (<shops_dir>/<shop>.yaml) whose export folder exists under `data_root`; the
+    benchmark shops first, in their usual order."""
+    from pathlib import Path
+
+    from pipelines.settings import PLATFORMS
+
+    contracts = sorted(p.stem for p in Path(shops_dir).glob("*.yaml"))
+    ordered = [s for s in PLATFORMS if s in contracts] + [s for s in contracts if s not in PLATFORMS]
+    return [s for s in ordered if (Path(data_root) / s).is_dir()]
+
+
 def clean(text) -> str:
     return " ".join(str(text or "").split())
